@@ -1,0 +1,9 @@
+"""Errors caused by the user's input.
+
+`run.py` prints a `UsageError` as one line and exits with code 2, without a traceback.
+It subclasses ValueError so library callers can catch it the usual way.
+"""
+
+
+class UsageError(ValueError):
+    """Bad input (unknown game, malformed config or data, wrong shapes): say what and how to fix it."""

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Single entry point: `python run.py <command> --help` describes each command.
+
+Commands are imported lazily so that `run.py --help` stays fast and a command's
+heavy dependencies (Ray, ALE, matplotlib) load only when that command runs.
+Each command module exposes `add_arguments(parser)` and `main(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from common.errors import UsageError
+
+# name -> (module, one-line help). The module's docstring is the command's long help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "mnist": ("experiments.permuted_mnist", "permuted-MNIST continual learning: SGD vs L2 vs EWC (paper Fig. 2A/2B)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Continual learning with Elastic Weight Consolidation (Kirkpatrick et al. 2017).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help or a clear "invalid choice" error
+        parser.print_help()
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(
+        prog=f"run.py {name}",
+        description=(module.__doc__ or COMMANDS[name][1]).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except UsageError as err:
+        print(f"run.py {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"run.py {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
