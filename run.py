@@ -15,7 +15,11 @@ from common.errors import UsageError
 
 # name -> (module, one-line help). The module's docstring is the command's long help.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train_command", "continual Atari Double DQN with EWC on Ray (configs/*.yaml)"),
+    "eval": ("training.eval_command", "evaluate a checkpoint: raw and human-normalised scores per game"),
     "mnist": ("experiments.permuted_mnist", "permuted-MNIST continual learning: SGD vs L2 vs EWC (paper Fig. 2A/2B)"),
+    "overlap": ("experiments.fisher_overlap", "Fisher overlap vs depth for similar and dissimilar tasks (paper Fig. 2C)"),
+    "patterns": ("experiments.random_patterns", "random-pattern memory capacity: tuned GD vs EWC (paper's SNR analysis)"),
 }
 
 

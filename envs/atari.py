@@ -64,6 +64,7 @@ class AtariSettings:
     repeat_action_probability: float = 0.0  # the 2015-17 papers used deterministic ALE
     full_action_space: bool = True
     clip_rewards: bool = True
+    terminal_on_life_loss: bool = False  # training only: a lost life cuts bootstrapping, the game goes on
 
 
 class _TrainingSignals(gym.Wrapper):

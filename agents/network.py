@@ -1,0 +1,137 @@
+"""The Q-network of the EWC paper's Atari agent, with task-specific biases and gains.
+
+Every layer computes y = (W x + b_c) * g_c for the current task c: the weights W are
+shared by all tasks (and are what EWC protects), while each task owns one row of biases
+b (initialised 0) and gains g (initialised 1) per layer. The shared layers are plain
+`nn.Conv2d` / `nn.Linear` modules with `bias=False`, so Fisher code that recognises those
+layer types (the closed-form path of `ewc.diagonal_fisher`) applies to them unchanged.
+
+Paper shape: conv 32 8x8 stride 4, conv 64 4x4 stride 2, conv 128 3x3 stride 1, FC 1024,
+18 actions, ReLU in between; 6,555,648 shared weights (6.56M) plus 2 x 1,266 task-specific
+parameters per task. Channels and the hidden width are configurable for small smoke runs.
+
+The task used by `forward` is an attribute (`set_task`), so `model(inputs)` works for
+code that only knows the generic `model(x) -> logits` interface (e.g. `diagonal_fisher`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.errors import UsageError
+
+# (kernel, stride) of the three convolutions, fixed by the paper; only their widths are configurable.
+CONV_GEOMETRY: tuple[tuple[int, int], ...] = ((8, 4), (4, 2), (3, 1))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shape of the Q-network; defaults are the paper's."""
+
+    num_actions: int = 18  # the full ALE action set
+    channels: tuple[int, int, int] = (32, 64, 128)
+    hidden: int = 1024
+    max_tasks: int = 32  # rows preallocated for per-task biases/gains; ~2.5k parameters each
+    frame_stack: int = 4
+    frame_size: int = 84
+
+
+class TaskAffine(nn.Module):
+    """y = (x + b_c) * g_c per channel, with one row of biases and gains per task c."""
+
+    def __init__(self, num_features: int, max_tasks: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(max_tasks, num_features))
+        self.gain = nn.Parameter(torch.ones(max_tasks, num_features))
+
+    def forward(self, x: Tensor, task: int | Tensor) -> Tensor:
+        bias, gain = self.bias[task], self.gain[task]  # (C,) for one task, (N, C) for one task per sample
+        shape = (-1 if bias.ndim == 2 else 1, bias.shape[-1]) + (1,) * (x.ndim - 2)  # broadcast over H, W
+        return (x + bias.reshape(shape)) * gain.reshape(shape)
+
+
+class QNetwork(nn.Module):
+    """Q(s, .) for stacked uint8 frames (N, stack, size, size); scaled to [0, 1] inside."""
+
+    def __init__(self, config: NetworkConfig = NetworkConfig()):
+        super().__init__()
+        if len(config.channels) != len(CONV_GEOMETRY):
+            raise UsageError(f"channels must list {len(CONV_GEOMETRY)} widths, got {config.channels}")
+        if config.max_tasks < 1 or config.num_actions < 1 or config.hidden < 1:
+            raise UsageError(f"max_tasks, num_actions and hidden must be positive: {config}")
+        self.config = config
+        c1, c2, c3 = config.channels
+        (k1, s1), (k2, s2), (k3, s3) = CONV_GEOMETRY
+        side = config.frame_size
+        for kernel, stride in CONV_GEOMETRY:
+            side = (side - kernel) // stride + 1
+        if side < 1:
+            raise UsageError(f"frame_size {config.frame_size} is too small for the paper's convolutions")
+        tasks = config.max_tasks
+
+        self.conv1 = nn.Conv2d(config.frame_stack, c1, k1, stride=s1, bias=False)
+        self.conv1_task = TaskAffine(c1, tasks)
+        self.conv2 = nn.Conv2d(c1, c2, k2, stride=s2, bias=False)
+        self.conv2_task = TaskAffine(c2, tasks)
+        self.conv3 = nn.Conv2d(c2, c3, k3, stride=s3, bias=False)
+        self.conv3_task = TaskAffine(c3, tasks)
+        self.fc = nn.Linear(c3 * side * side, config.hidden, bias=False)
+        self.fc_task = TaskAffine(config.hidden, tasks)
+        self.out = nn.Linear(config.hidden, config.num_actions, bias=False)
+        self.out_task = TaskAffine(config.num_actions, tasks)
+        self.task = 0
+
+    def set_task(self, task: int) -> None:
+        """Select the task whose biases and gains `forward` uses when called without `task`."""
+        self.task = self._checked_task(task)
+
+    def forward(self, frames: Tensor, task: int | Tensor | None = None) -> Tensor:
+        """Q-values (N, num_actions). `task`: an int, a (N,) integer tensor, or None for `self.task`."""
+        self._check_frames(frames)
+        task = self.task if task is None else self._checked_task(task)
+        x = frames.float() / 255.0
+        x = F.relu(self.conv1_task(self.conv1(x), task))
+        x = F.relu(self.conv2_task(self.conv2(x), task))
+        x = F.relu(self.conv3_task(self.conv3(x), task))
+        x = F.relu(self.fc_task(self.fc(x.flatten(1)), task))
+        return self.out_task(self.out(x), task)
+
+    def _check_frames(self, frames: Tensor) -> None:
+        cfg = self.config
+        expected = (cfg.frame_stack, cfg.frame_size, cfg.frame_size)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != expected:
+            raise UsageError(
+                f"QNetwork expects uint8 frames shaped (N, {', '.join(map(str, expected))}), "
+                f"got {frames.dtype} {tuple(frames.shape)}"
+            )
+
+    def _checked_task(self, task: int | Tensor) -> int | Tensor:
+        limit = self.config.max_tasks
+        if isinstance(task, Tensor):
+            if task.ndim != 1 or task.dtype not in (torch.int64, torch.int32):
+                raise UsageError(f"a per-sample task tensor must be 1-D integer, got {task.dtype} {tuple(task.shape)}")
+            if task.numel() and (int(task.min()) < 0 or int(task.max()) >= limit):
+                raise UsageError(f"task ids must lie in [0, {limit - 1}] (max_tasks={limit})")
+            return task.long()
+        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < limit:
+            raise UsageError(f"task id must be an int in [0, {limit - 1}] (max_tasks={limit}), got {task!r}")
+        return task
+
+
+def shared_parameter_names(net: nn.Module) -> list[str]:
+    """Names of the parameters shared by all tasks (the W's): everything outside a TaskAffine."""
+    return [
+        f"{module_name}.{param_name}" if module_name else param_name
+        for module_name, module in net.named_modules()
+        if not isinstance(module, TaskAffine)
+        for param_name, _ in module.named_parameters(recurse=False)
+    ]
+
+
+def task_parameter_names(net: nn.Module) -> list[str]:
+    """Names of the per-task bias and gain tables (shaped (max_tasks, C))."""
+    shared = set(shared_parameter_names(net))
+    return [name for name, _ in net.named_parameters() if name not in shared]

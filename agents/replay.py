@@ -1,0 +1,466 @@
+"""Per-task replay buffers that store single uint8 frames and stack them at sampling time.
+
+Storage. A `FrameReplay` is a circular array of *slots*. Slot n (the n-th write, kept at
+index n % capacity) holds one frame plus the transition that produced it: the action,
+the clipped reward and the terminal flag, and `previous[n]`, the write number of the
+frame before it in the same episode (-1 when the frame opens an episode). An episode of
+T transitions takes T + 1 slots: its first frame, then one slot per transition.
+
+Why a link instead of "the slot before": many actors ship chunks into the same buffer,
+so consecutive slots may belong to different actors. Following `previous` rebuilds each
+actor's frame sequence wherever its chunks landed, without storing any frame twice.
+A link to a write number older than `num_writes - capacity` points at a frame that has
+been overwritten: transitions whose stacks would need it are never sampled.
+
+Sampling the transition stored at write n gives
+    state      = frames of writes (n-stack, ..., n-1) along the links,
+    next_state = frames of writes (n-stack+1, ..., n),
+with zeros in place of frames from before the episode's first frame (the same padding
+`FrameStack` uses when acting). Terminal = no bootstrapping from next_state.
+
+Memory: frame (84*84 = 7,056 B) + link 8 B + action 1 B + reward 4 B + terminal 1 B
+= 7,070 B per slot, plus one slot per episode for its first frame.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from common.errors import UsageError
+
+EPISODE_START = -1  # `previous` of an episode's first frame
+NEVER_WRITTEN = -2  # `previous` of a slot that holds nothing yet
+MAX_ACTIONS = 256  # actions are stored as uint8
+MAX_REJECTION_ROUNDS = 1000  # redraws of unsampleable indices before giving up
+_ARRAY_NAMES = ("frames", "previous", "actions", "rewards", "terminals")  # per-slot storage
+
+
+@dataclass
+class Batch:
+    """A minibatch of transitions as numpy arrays (what the learner moves to its device)."""
+
+    states: np.ndarray  # (B, stack, H, W) uint8
+    actions: np.ndarray  # (B,) int64
+    rewards: np.ndarray  # (B,) float32, clipped rewards
+    terminals: np.ndarray  # (B,) float32, 1.0 = do not bootstrap from next_states
+    next_states: np.ndarray  # (B, stack, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @classmethod
+    def concatenate(cls, batches: Iterable[Batch]) -> Batch:
+        """One batch from several (e.g. the 100 minibatches a Fisher is computed from)."""
+        batches = list(batches)
+        if not batches:
+            raise UsageError("cannot concatenate an empty list of batches")
+        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+
+
+@dataclass
+class TransitionChunk:
+    """Consecutive slots from one actor, in the replay's own layout (see the module docstring).
+
+    `episode_starts[i]` marks frames[i] as an episode's first frame; every other frame is
+    the next frame of a transition (actions[i], rewards[i], terminals[i]) from the frame
+    before it. `episode_ends[i]` says the episode stops after transition i (game over or
+    time limit), so the next slot must open a new episode. A chunk may begin mid-episode:
+    its first frame then continues the same actor's previous chunk.
+    """
+
+    frames: np.ndarray  # (M, H, W) uint8
+    episode_starts: np.ndarray  # (M,) bool
+    actions: np.ndarray  # (M,) integer, ignored at episode starts
+    rewards: np.ndarray  # (M,) float32, ignored at episode starts
+    terminals: np.ndarray  # (M,) bool, ignored at episode starts
+    episode_ends: np.ndarray  # (M,) bool, never set at episode starts
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def num_transitions(self) -> int:
+        return int(len(self.frames) - np.count_nonzero(self.episode_starts))
+
+
+class ChunkBuilder:
+    """Collects an actor's transitions into `TransitionChunk`s (the actor-side half of `add_chunk`)."""
+
+    def __init__(self, frame_shape: tuple[int, int] = (84, 84)):
+        self.frame_shape = tuple(frame_shape)
+        self._rows: list[tuple[np.ndarray, bool, int, float, bool, bool]] = []
+        self._episode_open = False
+
+    def start_episode(self, first_frame: np.ndarray) -> None:
+        _check_frame(first_frame, self.frame_shape)
+        self._rows.append((first_frame, True, 0, 0.0, False, False))
+        self._episode_open = True
+
+    def add(self, action: int, reward: float, terminal: bool, next_frame: np.ndarray, episode_end: bool) -> None:
+        if not self._episode_open:
+            raise UsageError("ChunkBuilder.add before start_episode (or after episode_end)")
+        _check_frame(next_frame, self.frame_shape)
+        self._rows.append((next_frame, False, int(action), float(reward), bool(terminal), bool(episode_end)))
+        self._episode_open = not episode_end
+
+    def __len__(self) -> int:
+        """Slots collected so far (transitions plus episode-start frames)."""
+        return len(self._rows)
+
+    def take(self) -> TransitionChunk:
+        """The collected slots as a chunk; the builder starts empty, the episode stays open."""
+        if not self._rows:
+            raise UsageError("ChunkBuilder.take on an empty builder")
+        frames, starts, actions, rewards, terminals, ends = zip(*self._rows)
+        self._rows = []
+        return TransitionChunk(
+            frames=np.stack(frames),
+            episode_starts=np.array(starts, dtype=bool),
+            actions=np.array(actions, dtype=np.int64),
+            rewards=np.array(rewards, dtype=np.float32),
+            terminals=np.array(terminals, dtype=bool),
+            episode_ends=np.array(ends, dtype=bool),
+        )
+
+
+class FrameStack:
+    """The acting-time state: the last `stack` frames, zero-padded at an episode's start like replay samples."""
+
+    def __init__(self, stack: int = 4, frame_shape: tuple[int, int] = (84, 84)):
+        self.frame_shape = tuple(frame_shape)
+        self._frames = np.zeros((stack, *self.frame_shape), dtype=np.uint8)
+
+    def reset(self, first_frame: np.ndarray) -> np.ndarray:
+        _check_frame(first_frame, self.frame_shape)
+        self._frames[:] = 0
+        self._frames[-1] = first_frame
+        return self._frames.copy()
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        _check_frame(frame, self.frame_shape)
+        self._frames[:-1] = self._frames[1:]
+        self._frames[-1] = frame
+        return self._frames.copy()
+
+
+class FrameReplay:
+    """Circular replay of `capacity` slots (frames), sampled uniformly with stacking.
+
+    Single-stream use: `start_episode(frame)`, then `add(...)` per agent step. Many actors:
+    each ships `TransitionChunk`s with `add_chunk(chunk, source=actor_id)`; the buffer keeps,
+    per source, where that source's open episode left off.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, int] = (84, 84),
+        stack: int = 4,
+        seed: int | np.random.SeedSequence | None = None,
+    ):
+        if stack < 1:
+            raise UsageError(f"stack must be positive, got {stack}")
+        if capacity < stack + 1:
+            raise UsageError(
+                f"capacity {capacity} cannot hold one stacked transition (needs >= stack + 1 = {stack + 1})"
+            )
+        self.capacity = int(capacity)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.stack = int(stack)
+        self._rng = np.random.default_rng(seed)
+        self._frames = np.zeros((self.capacity, *self.frame_shape), dtype=np.uint8)
+        self._previous = np.full(self.capacity, NEVER_WRITTEN, dtype=np.int64)
+        self._actions = np.zeros(self.capacity, dtype=np.uint8)
+        self._rewards = np.zeros(self.capacity, dtype=np.float32)
+        self._terminals = np.zeros(self.capacity, dtype=bool)
+        self._num_writes = 0  # write n lives in slot n % capacity
+        self._num_transitions = 0  # slots currently holding a transition (not an episode start)
+        self._open_episodes: dict[Hashable, int] = {}  # source -> write number of its latest frame
+
+    # ---- sizes ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Transitions currently stored (episode-start frames are not transitions)."""
+        return self._num_transitions
+
+    @property
+    def num_writes(self) -> int:
+        return self._num_writes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the preallocated arrays."""
+        return sum(a.nbytes for a in (self._frames, self._previous, self._actions, self._rewards, self._terminals))
+
+    @property
+    def bytes_per_transition(self) -> float:
+        return self.nbytes / self.capacity
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def start_episode(self, first_frame: np.ndarray, source: Hashable = 0) -> None:
+        """Open an episode for `source`; an episode it still had open is cut there (like a time limit)."""
+        _check_frame(first_frame, self.frame_shape)
+        self._write(first_frame[None], np.array([EPISODE_START]), np.zeros(1), np.zeros(1), np.zeros(1, bool))
+        self._open_episodes[source] = self._num_writes - 1
+
+    def add(
+        self,
+        action: int,
+        reward: float,
+        terminal: bool,
+        next_frame: np.ndarray,
+        episode_end: bool,
+        source: Hashable = 0,
+    ) -> None:
+        """Store one transition of `source`'s open episode; `episode_end` closes the episode."""
+        if source not in self._open_episodes:
+            raise UsageError(f"add() for source {source!r} without an open episode: call start_episode first")
+        _check_frame(next_frame, self.frame_shape)
+        _check_actions(np.array([action]))
+        _check_rewards(np.array([reward], dtype=np.float32))
+        previous = np.array([self._open_episodes[source]])
+        self._write(next_frame[None], previous, np.array([action]), np.array([reward]), np.array([bool(terminal)]))
+        self._close_or_continue(source, bool(episode_end))
+
+    def add_chunk(self, chunk: TransitionChunk, source: Hashable = 0) -> None:
+        """Store a chunk from `source` with one vectorised write."""
+        self._check_chunk(chunk, source)
+        size = len(chunk)
+        first_write = self._num_writes
+        previous = np.arange(first_write - 1, first_write + size - 1, dtype=np.int64)  # the slot before, same chunk
+        starts = chunk.episode_starts.astype(bool)
+        if not starts[0]:
+            previous[0] = self._open_episodes[source]  # continue this source's open episode
+        previous[starts] = EPISODE_START
+        self._write(chunk.frames, previous, chunk.actions, chunk.rewards, chunk.terminals)
+        self._close_or_continue(source, bool(chunk.episode_ends[-1]))
+
+    def _close_or_continue(self, source: Hashable, episode_end: bool) -> None:
+        if episode_end:
+            self._open_episodes.pop(source, None)
+        else:
+            self._open_episodes[source] = self._num_writes - 1
+
+    def _write(
+        self, frames: np.ndarray, previous: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray
+    ) -> None:
+        """Write slots for the next len(frames) write numbers, overwriting the oldest ones."""
+        size = len(frames)
+        keep = slice(max(0, size - self.capacity), size)  # a chunk larger than the buffer keeps its tail
+        writes = np.arange(self._num_writes, self._num_writes + size)[keep]
+        slots = writes % self.capacity
+        self._num_transitions -= int(np.count_nonzero(self._previous[slots] >= 0))
+        self._frames[slots] = frames[keep]
+        self._previous[slots] = previous[keep]
+        self._actions[slots] = actions[keep]
+        self._rewards[slots] = rewards[keep]
+        self._terminals[slots] = terminals[keep]
+        self._num_transitions += int(np.count_nonzero(previous[keep] >= 0))
+        self._num_writes += size
+
+    def _check_chunk(self, chunk: TransitionChunk, source: Hashable) -> None:
+        size = len(chunk)
+        if size == 0:
+            raise UsageError("empty TransitionChunk")
+        if chunk.frames.dtype != np.uint8 or chunk.frames.shape != (size, *self.frame_shape):
+            raise UsageError(
+                f"chunk frames must be uint8 shaped ({size}, {', '.join(map(str, self.frame_shape))}), "
+                f"got {chunk.frames.dtype} {chunk.frames.shape}"
+            )
+        for name in ("episode_starts", "actions", "rewards", "terminals", "episode_ends"):
+            if getattr(chunk, name).shape != (size,):
+                raise UsageError(f"chunk.{name} must have shape ({size},), got {getattr(chunk, name).shape}")
+        starts, ends = chunk.episode_starts.astype(bool), chunk.episode_ends.astype(bool)
+        if not starts[0] and source not in self._open_episodes:
+            raise UsageError(f"chunk from source {source!r} continues an episode the buffer has not seen open")
+        if np.any(starts & ends):
+            raise UsageError("a chunk slot cannot both start and end an episode (an episode needs a transition)")
+        if np.any(ends[:-1] & ~starts[1:]):
+            raise UsageError("after an episode_end the next chunk slot must be an episode start")
+        _check_actions(chunk.actions[~starts])
+        _check_rewards(chunk.rewards[~starts])
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform sample (with replacement) of stored transitions whose stacks are intact."""
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
+        if batch_size > len(self):
+            raise UsageError(f"batch_size {batch_size} exceeds the {len(self)} transitions stored in this buffer")
+        oldest = max(0, self._num_writes - self.capacity)
+        writes = self._rng.integers(oldest, self._num_writes, size=batch_size)
+        window, ok = self._stack_window(writes)
+        for _ in range(MAX_REJECTION_ROUNDS):  # episode starts and broken stacks are rare: redraw them
+            if ok.all():
+                break
+            bad = np.flatnonzero(~ok)
+            writes[bad] = self._rng.integers(oldest, self._num_writes, size=len(bad))
+            window[bad], ok[bad] = self._stack_window(writes[bad])
+        else:
+            raise UsageError("could not draw transitions with intact frame stacks: is capacity far too small?")
+
+        frames = self._frames[window % self.capacity]  # (B, stack + 1, H, W): one gather serves both states
+        frames[window < 0] = 0  # before the episode's first frame
+        slots = writes % self.capacity
+        return Batch(
+            states=np.ascontiguousarray(frames[:, :-1]),
+            actions=self._actions[slots].astype(np.int64),
+            rewards=self._rewards[slots].copy(),
+            terminals=self._terminals[slots].astype(np.float32),
+            next_states=np.ascontiguousarray(frames[:, 1:]),
+        )
+
+    def _stack_window(self, writes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write numbers of frames n-stack..n along the links (-1 before an episode start), and validity.
+
+        Valid: n is a transition (its previous frame exists) and no frame the stacks need has
+        been overwritten.
+        """
+        oldest = self._num_writes - self.capacity
+        window = np.empty((len(writes), self.stack + 1), dtype=np.int64)
+        window[:, -1] = writes
+        current = writes
+        for column in range(self.stack - 1, -1, -1):
+            linked = self._previous[np.maximum(current, 0) % self.capacity]
+            current = np.where(current >= 0, linked, EPISODE_START)
+            window[:, column] = current
+        ok = window[:, -2] >= 0  # an episode's first frame is not a transition
+        ok &= ~np.any((window >= 0) & (window < oldest), axis=1)  # the overwrite point cuts no stack
+        return window, ok
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer's contents (views of the written part: serialise before adding more)."""
+        used = min(self._num_writes, self.capacity)
+        return {
+            "capacity": self.capacity,
+            "frame_shape": self.frame_shape,
+            "stack": self.stack,
+            "num_writes": self._num_writes,
+            "frames": self._frames[:used],
+            "previous": self._previous[:used],
+            "actions": self._actions[:used],
+            "rewards": self._rewards[:used],
+            "terminals": self._terminals[:used],
+            "open_episodes": dict(self._open_episodes),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            layout = (int(state["capacity"]), tuple(state["frame_shape"]), int(state["stack"]))
+            num_writes = int(state["num_writes"])
+            arrays = {name: np.asarray(state[name]) for name in _ARRAY_NAMES}
+            open_episodes, rng_state = dict(state["open_episodes"]), state["rng"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
+        if layout != (self.capacity, self.frame_shape, self.stack):
+            raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has "
+                             f"{(self.capacity, self.frame_shape, self.stack)}")
+        used = min(num_writes, self.capacity)
+        if any(len(a) != used for a in arrays.values()):
+            raise UsageError(f"replay state arrays must hold {used} slots")
+        for name, array in arrays.items():
+            target = getattr(self, f"_{name}")
+            target[:used] = array
+            target[used:] = NEVER_WRITTEN if name == "previous" else 0
+        self._num_writes = num_writes
+        self._num_transitions = int(np.count_nonzero(self._previous >= 0))
+        self._open_episodes = open_episodes
+        self._rng.bit_generator.state = rng_state
+
+
+class TaskReplay:
+    """One `FrameReplay` per task id (as FMN or the schedule reports it), created on first use."""
+
+    def __init__(
+        self,
+        capacity_per_task: int,
+        *,
+        max_tasks: int,
+        frame_shape: tuple[int, int] = (84, 84),
+        stack: int = 4,
+        seed: int = 0,
+    ):
+        if max_tasks < 1:
+            raise UsageError(f"max_tasks must be positive, got {max_tasks}")
+        self.capacity_per_task = capacity_per_task
+        self.max_tasks = max_tasks
+        self.frame_shape = tuple(frame_shape)
+        self.stack = stack
+        self.seed = seed
+        self._buffers: dict[int, FrameReplay] = {}
+
+    def buffer(self, task: int) -> FrameReplay:
+        """The task's buffer, allocated the first time the task is seen."""
+        task = self._checked_task(task)
+        if task not in self._buffers:
+            # A seed per task that does not depend on the order in which tasks appear.
+            seed = np.random.SeedSequence(self.seed, spawn_key=(task,))
+            self._buffers[task] = FrameReplay(self.capacity_per_task, self.frame_shape, self.stack, seed)
+        return self._buffers[task]
+
+    def __contains__(self, task: int) -> bool:
+        return task in self._buffers
+
+    @property
+    def tasks(self) -> list[int]:
+        return sorted(self._buffers)
+
+    def add_chunk(self, task: int, chunk: TransitionChunk, source: Hashable = 0) -> None:
+        self.buffer(task).add_chunk(chunk, source)
+
+    def sample(self, task: int, batch_size: int) -> Batch:
+        task = self._checked_task(task)
+        if task not in self._buffers:
+            raise UsageError(f"no transitions stored for task {task}; tasks with data: {self.tasks}")
+        return self._buffers[task].sample(batch_size)
+
+    def num_transitions(self, task: int) -> int:
+        return len(self._buffers[task]) if task in self._buffers else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def _checked_task(self, task: int) -> int:
+        if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < self.max_tasks:
+            limit = self.max_tasks
+            raise UsageError(f"task id must be an int in [0, {limit - 1}] (max_tasks={limit}), got {task!r}")
+        return int(task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffers": {task: buf.state_dict() for task, buf in self._buffers.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            buffers = dict(state["buffers"])
+        except (KeyError, TypeError) as err:
+            raise UsageError(f"not a TaskReplay state: missing or bad entry {err}") from None
+        self._buffers = {}
+        for task, buffer_state in buffers.items():
+            self.buffer(int(task)).load_state_dict(buffer_state)
+
+
+def _check_frame(frame: np.ndarray, frame_shape: tuple[int, ...]) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.shape != frame_shape:
+        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise UsageError(f"frames must be uint8 arrays shaped {frame_shape}, got {got}")
+
+
+def _check_actions(actions: np.ndarray) -> None:
+    if not actions.size:
+        return
+    if not np.issubdtype(actions.dtype, np.integer) or actions.min() < 0 or actions.max() >= MAX_ACTIONS:
+        raise UsageError(f"actions must be integers in [0, {MAX_ACTIONS - 1}], got {actions.dtype} values")
+
+
+def _check_rewards(rewards: np.ndarray) -> None:
+    if not np.all(np.isfinite(rewards)):
+        raise UsageError("rewards must be finite")

@@ -1,0 +1,147 @@
+"""EnvRunner: plays one game in several environments with a local copy of the Q-network.
+
+The plain class behind the Ray `EnvActor` (Acme style: the logic is tested without Ray).
+It keeps a frame stack per environment for acting, and ships what it saw as
+`TransitionChunk`s of single frames (never stacked) for the learner's replay.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from agents.network import NetworkConfig, QNetwork
+from agents.replay import ChunkBuilder, FrameStack, TransitionChunk
+from envs.atari import FRAME_SHAPE, AtariSettings, make_atari_env
+
+
+@dataclass
+class CollectResult:
+    """What an actor sends back after `collect`: chunks for the replay and episode statistics."""
+
+    game: str
+    task: int
+    steps: int  # agent steps taken, over all environments
+    chunks: list[tuple[tuple, TransitionChunk]]  # (replay source key, chunk) per environment
+    episode_returns: list[float] = field(default_factory=list)  # raw (unclipped) game scores
+    episode_frames: list[int] = field(default_factory=list)
+
+
+class EnvRunner:
+    """Runs `num_envs` environments of the current game; acts epsilon-greedily with its network."""
+
+    def __init__(
+        self,
+        actor_id: int,
+        num_envs: int,
+        network: NetworkConfig,
+        settings: AtariSettings = AtariSettings(),
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
+        self.actor_id = actor_id
+        self.num_envs = num_envs
+        self.settings = settings
+        self.device = torch.device(device)
+        self.net = QNetwork(network).to(self.device).eval()
+        self.rng = np.random.default_rng([seed, actor_id])
+        self.game: str | None = None
+        self.task = 0
+        self._visit = 0  # bumps at each game change: a new replay source, so no episode spans two visits
+        self._envs: list = []
+        self._stacks: list[FrameStack] = []
+        self._builders: list[ChunkBuilder] = []
+        self._states: np.ndarray | None = None
+        self._returns = np.zeros(num_envs)
+        self._frames = np.zeros(num_envs, dtype=np.int64)
+
+    def set_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state_dict)
+
+    def set_game(self, game: str, task: int) -> None:
+        """Switch every environment to `game` (played as task id `task`) and start fresh episodes."""
+        self.task = task
+        self.net.set_task(task)
+        if game == self.game:
+            return
+        for env in self._envs:
+            env.close()
+        self.game = game
+        self._visit += 1
+        seeds = self.rng.integers(0, 2**31 - 1, size=self.num_envs)
+        self._envs = [make_atari_env(game, seed=int(s), settings=self.settings) for s in seeds]
+        self._stacks = [FrameStack(4, FRAME_SHAPE) for _ in self._envs]
+        self._builders = [ChunkBuilder(FRAME_SHAPE) for _ in self._envs]
+        states = []
+        for i, env in enumerate(self._envs):
+            frame, _ = env.reset()
+            self._builders[i].start_episode(frame)
+            states.append(self._stacks[i].reset(frame))
+        self._states = np.stack(states)
+        self._returns[:] = 0
+        self._frames[:] = 0
+
+    @torch.no_grad()
+    def act(self, states: np.ndarray, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions for a batch of stacked states."""
+        q = self.net(torch.from_numpy(states).to(self.device))
+        actions = q.argmax(1).cpu().numpy()
+        explore = self.rng.random(len(actions)) < epsilon
+        actions[explore] = self.rng.integers(0, q.shape[1], size=int(explore.sum()))
+        return actions
+
+    def collect(self, steps_per_env: int, epsilon: float) -> CollectResult:
+        """Play `steps_per_env` agent steps in every environment; return the chunks and finished episodes."""
+        if self.game is None:
+            raise RuntimeError("EnvRunner.collect before set_game")
+        result = CollectResult(game=self.game, task=self.task, steps=0, chunks=[])
+        for _ in range(steps_per_env):
+            actions = self.act(self._states, epsilon)
+            for i, env in enumerate(self._envs):
+                frame, reward, terminated, truncated, info = env.step(int(actions[i]))
+                self._returns[i] += info["raw_reward"]
+                self._frames[i] += self.settings.frame_skip
+                episode_end = terminated or truncated
+                terminal = terminated or (self.settings.terminal_on_life_loss and info["life_lost"])
+                self._builders[i].add(int(actions[i]), reward, terminal, frame, episode_end)
+                if episode_end:
+                    result.episode_returns.append(float(self._returns[i]))
+                    result.episode_frames.append(int(self._frames[i]))
+                    self._returns[i], self._frames[i] = 0.0, 0
+                    frame, _ = env.reset()
+                    self._builders[i].start_episode(frame)
+                    self._states[i] = self._stacks[i].reset(frame)
+                else:
+                    self._states[i] = self._stacks[i].push(frame)
+            result.steps += len(self._envs)
+        result.chunks = [
+            ((self.actor_id, i, self._visit), builder.take()) for i, builder in enumerate(self._builders)
+        ]
+        return result
+
+    def evaluate(self, game: str, task: int, episodes: int, epsilon: float, max_episode_frames: int) -> list[float]:
+        """Raw scores of `episodes` full episodes of `game` (separate environment; training state untouched)."""
+        settings = AtariSettings(**{**self.settings.__dict__, "max_episode_frames": max_episode_frames})
+        env = make_atari_env(game, seed=int(self.rng.integers(0, 2**31 - 1)), settings=settings)
+        stack = FrameStack(4, FRAME_SHAPE)
+        previous_task = self.net.task
+        self.net.set_task(task)
+        scores = []
+        try:
+            for _ in range(episodes):
+                frame, _ = env.reset()
+                state, score, done = stack.reset(frame), 0.0, False
+                while not done:
+                    action = int(self.act(state[None], epsilon)[0])
+                    frame, _, terminated, truncated, info = env.step(action)
+                    score += info["raw_reward"]
+                    done = terminated or truncated
+                    state = stack.push(frame)
+                scores.append(score)
+        finally:
+            env.close()
+            self.net.set_task(previous_task)
+        return scores

@@ -1,0 +1,321 @@
+"""Double DQN learner: targets by hand, learning, target sync, NaN guard, EWC gating, checkpoints; epsilon."""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents.dqn import (
+    DQNConfig,
+    Learner,
+    TensorBatch,
+    double_dqn_loss,
+    double_dqn_targets,
+    fisher_batch,
+    q_network_fisher,
+    to_tensors,
+)
+from agents.epsilon import EpsilonConfig, TaskEpsilon
+from agents.network import NetworkConfig, QNetwork, shared_parameter_names, task_parameter_names
+from agents.replay import Batch, FrameReplay
+from common.errors import UsageError
+
+SMALL_NET = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)
+SMALL = DQNConfig(network=SMALL_NET, learning_rate=1e-3, target_update_period=1_000, ewc_min_frames=100)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small networks gain nothing from threads, and on a shared 2-core box they oversubscribe it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_batch(size: int = 16, seed: int = 0, num_actions: int = SMALL_NET.num_actions) -> Batch:
+    rng = np.random.default_rng(seed)
+    frames = (size, 4, 84, 84)
+    return Batch(
+        states=rng.integers(0, 256, frames, dtype=np.uint8),
+        actions=rng.integers(0, num_actions, size),
+        rewards=rng.choice([-1.0, 0.0, 1.0], size).astype(np.float32),
+        terminals=(rng.random(size) < 0.25).astype(np.float32),
+        next_states=rng.integers(0, 256, frames, dtype=np.uint8),
+    )
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in module.state_dict().items()}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+class TableQ(nn.Module):
+    """Q-values looked up by the state's first pixel: a network whose outputs we choose by hand."""
+
+    def __init__(self, table: list[list[float]]):
+        super().__init__()
+        self.table = torch.tensor(table)
+
+    def forward(self, states: torch.Tensor, task: int | None = None) -> torch.Tensor:
+        return self.table[states[:, 0, 0, 0].long()]
+
+
+def test_double_dqn_target_by_hand():
+    # Two next states (pixel ids 0 and 1), three actions.
+    online = TableQ([[1.0, 5.0, 2.0], [3.0, 0.0, 1.0]])  # picks action 1 for s'0, action 0 for s'1
+    target = TableQ([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])  # values them: 20 and 40 (max would be 30, 60)
+    next_states = torch.zeros(2, 4, 84, 84, dtype=torch.uint8)
+    next_states[1, 0, 0, 0] = 1
+    rewards, terminals = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0])
+    y = double_dqn_targets(online, target, rewards, terminals, next_states, task=0, gamma=0.9)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.9 * 20.0, 0.5]))  # the terminal cuts bootstrapping
+
+    # Loss: Q(s, a) from the online table at states 1 and 0 with actions 2 and 1 -> 1.0 and 5.0.
+    states = torch.zeros_like(next_states)
+    states[0, 0, 0, 0] = 1
+    batch = TensorBatch(states, torch.tensor([2, 1]), rewards, terminals, next_states)
+    loss, td = double_dqn_loss(online, target, batch, task=0, gamma=0.9)
+    torch.testing.assert_close(td, torch.tensor([19.0 - 1.0, 0.5 - 5.0]))
+    torch.testing.assert_close(loss, torch.tensor(((18.0 - 0.5) + (4.5 - 0.5)) / 2))  # Huber, delta 1
+
+
+def test_an_update_lowers_the_loss_on_a_fixed_batch():
+    learner = Learner(SMALL, seed=0)
+    batch = random_batch()
+    tensors = to_tensors(batch, "cpu")
+
+    def loss() -> float:
+        with torch.no_grad():
+            return double_dqn_loss(learner.online, learner.target, tensors, 1, SMALL.gamma)[0].item()
+
+    losses = [loss()]
+    for _ in range(10):
+        metrics = learner.update(batch, task=1)
+        assert metrics["skipped_nonfinite"] == 0 and metrics["ewc_penalty"] == 0.0
+        losses.append(loss())
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # every update helps (target held fixed)
+    assert losses[-1] < 0.97 * losses[0]
+    assert learner.num_updates == 10 and metrics["updates"] == 10
+    assert set(metrics) == {
+        "loss", "td_error_abs_mean", "ewc_penalty", "q_mean", "grad_norm", "skipped_nonfinite", "updates"
+    }
+
+
+def test_target_network_syncs_every_period_updates():
+    learner = Learner(replace(SMALL, target_update_period=3), seed=0)
+    batch = random_batch(8)
+    initial = snapshot(learner.target)
+    assert same_weights(initial, snapshot(learner.online))
+    for update in range(1, 7):
+        learner.update(batch, task=0)
+        synced = same_weights(snapshot(learner.target), snapshot(learner.online))
+        assert synced == (update % 3 == 0), f"after update {update}"
+        if update < 3:
+            assert same_weights(snapshot(learner.target), initial)
+
+
+def test_non_finite_loss_or_gradient_skips_the_update_and_keeps_the_weights():
+    learner = Learner(SMALL, seed=0)
+    learner.update(random_batch(8), task=0)  # populate the optimizer state
+    weights, optimizer_state = snapshot(learner.online), learner.optimizer.state_dict()
+    square_avg = [s["square_avg"].clone() for s in optimizer_state["state"].values()]
+
+    poisoned = random_batch(8)
+    poisoned.rewards[3] = np.nan
+    metrics = learner.update(poisoned, task=0)
+    assert metrics["skipped_nonfinite"] == 1
+    assert same_weights(weights, snapshot(learner.online))
+
+    # A finite loss whose gradient overflows is skipped too.
+    handle = learner.online.fc.weight.register_hook(lambda grad: grad * float("inf"))
+    metrics = learner.update(random_batch(8, seed=1), task=0)
+    handle.remove()
+    assert metrics["skipped_nonfinite"] == 1 and np.isfinite(metrics["loss"])
+    assert same_weights(weights, snapshot(learner.online))
+    after = [s["square_avg"] for s in learner.optimizer.state_dict()["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(square_avg, after))
+    assert learner.num_updates == 1 and learner.num_skipped == 2
+
+    assert learner.update(random_batch(8, seed=2), task=0)["skipped_nonfinite"] == 0  # recovers
+
+
+def test_ewc_penalty_counts_only_after_the_frame_threshold_and_only_on_shared_weights():
+    learner = Learner(SMALL, seed=0)
+    anchors = {n: p.detach().clone() for n, p in learner.online.named_parameters()}
+    fisher = {n: torch.full_like(anchors[n], 0.5) for n in learner.shared_names}
+    learner.consolidate(task=0, fisher=fisher)
+    with torch.no_grad():  # move every parameter away from its anchor
+        for p in learner.online.parameters():
+            p.add_(0.01)
+    batch = random_batch(8)
+
+    learner.note_frames(0, SMALL.ewc_min_frames - 1)
+    learner.note_frames(1, 10 * SMALL.ewc_min_frames)  # frames on an un-anchored task do not count
+    assert not learner.ewc_active()
+    assert learner.update(batch, task=1)["ewc_penalty"] == 0.0
+
+    learner.note_frames(0, 1)
+    assert learner.ewc_active()
+    baseline = Learner(replace(SMALL, ewc_enabled=False), seed=0)  # the plain-DQN baseline never applies it
+    baseline.consolidate(task=0, fisher=fisher)
+    baseline.note_frames(0, SMALL.ewc_min_frames)
+    assert not baseline.ewc_active()
+    expected = 0.5 * SMALL.ewc_lambda * sum(
+        (fisher[n] * (p - anchors[n]).square()).sum().item()
+        for n, p in learner.online.named_parameters()
+        if n in learner.shared_names
+    )
+    assert learner.update(batch, task=1)["ewc_penalty"] == pytest.approx(expected, rel=1e-4)
+
+    # Only the shared weights are anchored: the penalty has no gradient on gains and biases.
+    params = dict(learner.online.named_parameters())
+    grads = torch.autograd.grad(learner.ewc.penalty(learner.online), list(params.values()), allow_unused=True)
+    for name, grad in zip(params, grads):
+        if name in task_parameter_names(learner.online):
+            assert grad is None or torch.all(grad == 0), name
+        else:
+            assert grad is not None and grad.abs().sum() > 0, name
+
+    stray = learner.ewc.state_dict()
+    stray["precision"]["out_task.gain"] = torch.ones(3, 5)
+    stray["mean"]["out_task.gain"] = torch.ones(3, 5)
+    with pytest.raises(UsageError, match="shared weights"):
+        learner.set_anchors(stray, tasks=[0])
+
+
+def test_set_anchors_replaces_the_penalty_with_a_consolidation_actors_state():
+    config = replace(SMALL, batch_size=4, fisher_minibatches=3)
+    learner = Learner(config, seed=0)
+    consolidator = Learner(config, seed=1)  # stands in for the consolidation actor's copy
+    buffer = FrameReplay(capacity=40, seed=0)
+    rng = np.random.default_rng(0)
+    buffer.start_episode(rng.integers(0, 256, (84, 84), dtype=np.uint8))
+    for t in range(20):
+        buffer.add(t % 5, 0.0, False, rng.integers(0, 256, (84, 84), dtype=np.uint8), episode_end=False)
+    samples = fisher_batch(buffer, config)
+    assert len(samples) == 12
+    consolidator.online.set_task(0)
+    fisher = consolidator.compute_fisher(samples, task=2)
+    assert consolidator.online.task == 0  # the Fisher's task does not leak into the network's setting
+    assert set(fisher) == set(shared_parameter_names(consolidator.online))
+    assert all(torch.all(f >= 0) and f.sum() > 0 for f in fisher.values())
+    consolidator.consolidate(2, fisher)
+
+    learner.set_anchors(consolidator.ewc.state_dict(), tasks=[2])
+    assert learner.anchored_tasks == {2} and learner.ewc.num_tasks == 1
+    learner.note_frames(2, config.ewc_min_frames)
+    # Anchored at another network's weights: the penalty is positive here.
+    assert learner.update(random_batch(8), task=0)["ewc_penalty"] > 0
+
+
+def td_fisher_by_loop(net: QNetwork, target: QNetwork, batch: TensorBatch, task: int, gamma: float):
+    """Reference: one backward per sample, squared, averaged."""
+    names = shared_parameter_names(net)
+    params = dict(net.named_parameters())
+    totals = {n: torch.zeros_like(params[n]) for n in names}
+    for i in range(len(batch.actions)):
+        one = TensorBatch(*(t[i : i + 1] for t in batch))
+        y = double_dqn_targets(net, target, one.rewards, one.terminals, one.next_states, task, gamma)
+        q = net(one.states, task)[0, one.actions[0]]
+        log_likelihood = -0.5 * (y[0] - q).square()  # Gaussian, unit variance
+        grads = torch.autograd.grad(log_likelihood, [params[n] for n in names])
+        for n, g in zip(names, grads):
+            totals[n] += g.square()
+    return {n: t / len(batch.actions) for n, t in totals.items()}
+
+
+def test_td_empirical_fisher_is_the_mean_of_per_sample_squared_gradients():
+    torch.manual_seed(0)
+    net, target = QNetwork(SMALL_NET), QNetwork(SMALL_NET)
+    batch = to_tensors(random_batch(12), "cpu")
+    fisher = q_network_fisher(net, target, batch, task=1, kind="td_empirical", gamma=0.99, chunk_size=5)
+    reference = td_fisher_by_loop(net, target, batch, 1, 0.99)
+    assert set(fisher) == set(shared_parameter_names(net))
+    for name in reference:
+        torch.testing.assert_close(fisher[name], reference[name], rtol=1e-4, atol=1e-10)
+    # Not the square of the minibatch-mean gradient (a known bug), which is far smaller.
+    mean_grad_sq = {n: g.square() for n, g in zip(reference, torch.autograd.grad(
+        -0.5 * (double_dqn_targets(net, target, batch.rewards, batch.terminals, batch.next_states, 1, 0.99)
+                - net(batch.states, 1).gather(1, batch.actions[:, None]).squeeze(1)).square().mean(),
+        [dict(net.named_parameters())[n] for n in reference]))}
+    assert fisher["fc.weight"].sum() > 3 * mean_grad_sq["fc.weight"].sum()
+    with pytest.raises(UsageError, match="target network"):
+        q_network_fisher(net, None, batch, task=1, kind="td_empirical")
+    with pytest.raises(UsageError, match="unknown"):
+        q_network_fisher(net, target, batch, task=1, kind="mse")
+
+
+def test_state_dict_round_trip_restores_everything():
+    config = replace(SMALL, target_update_period=4)
+    original = Learner(config, seed=0)
+    original.consolidate(0, {n: torch.ones_like(p) for n, p in original.online.named_parameters()
+                             if n in original.shared_names})
+    original.note_frames(0, config.ewc_min_frames)
+    for i in range(5):
+        original.update(random_batch(8, seed=i), task=1)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored = Learner(config, seed=123)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+
+    assert same_weights(snapshot(original.online), snapshot(restored.online))
+    assert same_weights(snapshot(original.target), snapshot(restored.target))
+    assert restored.num_updates == 5 and restored.frames_per_task == {0: config.ewc_min_frames}
+    assert restored.anchored_tasks == {0} and restored.ewc_active()
+    # Same optimizer state, target cadence and penalty: the next updates agree exactly.
+    for i in range(5, 8):
+        a = original.update(random_batch(8, seed=i), task=1)
+        b = restored.update(random_batch(8, seed=i), task=1)
+        assert a == b
+    assert same_weights(snapshot(original.online), snapshot(restored.online))
+    assert same_weights(snapshot(original.target), snapshot(restored.target))
+
+
+def test_weights_for_actors_are_cpu_copies_and_load_back():
+    learner = Learner(SMALL, seed=0)
+    weights = learner.weights()
+    assert all(t.device.type == "cpu" for t in weights.values())
+    learner.update(random_batch(8), task=0)
+    assert not same_weights(weights, snapshot(learner.online))  # a copy, not a view
+    learner.load_weights(weights)
+    assert same_weights(weights, snapshot(learner.online)) and same_weights(weights, snapshot(learner.target))
+    with pytest.raises(UsageError, match="do not fit"):
+        Learner(replace(SMALL, network=replace(SMALL_NET, hidden=8))).load_weights(weights)
+
+
+def test_bad_batches_raise_usage_errors():
+    learner = Learner(SMALL, seed=0)
+    with pytest.raises(UsageError, match="actions"):
+        learner.update(random_batch(4, num_actions=SMALL_NET.num_actions + 3, seed=3), task=0)
+    with pytest.raises(UsageError, match="task id"):
+        learner.update(random_batch(4), task=SMALL_NET.max_tasks)
+    bad = random_batch(4)
+    bad.rewards = bad.rewards[:3]
+    with pytest.raises(UsageError, match="rewards"):
+        learner.update(bad, task=0)
+    with pytest.raises(UsageError, match="fisher_kind"):
+        DQNConfig(fisher_kind="squared_mean_gradient")
+
+
+def test_epsilon_decays_linearly_with_a_separate_timer_per_task():
+    eps = TaskEpsilon(EpsilonConfig(start=1.0, end=0.01, decay_steps=100, evaluation=0.001))
+    assert eps.value(0) == 1.0
+    assert eps.advance(0, 50) == pytest.approx(0.505)
+    assert eps.value(1) == 1.0  # task 1 has its own timer
+    assert eps.advance(0, 1_000) == pytest.approx(0.01)
+    assert eps.value(1, evaluation=True) == 0.001
+    restored = TaskEpsilon(eps.config)
+    restored.load_state_dict(eps.state_dict())
+    assert restored.steps(0) == 1_050 and restored.value(1) == 1.0
+    assert EpsilonConfig().decay_steps == 1_000_000 and EpsilonConfig().end == 0.01
+    with pytest.raises(UsageError):
+        TaskEpsilon(EpsilonConfig(end=1.5))

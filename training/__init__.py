@@ -1,0 +1,1 @@
+"""Continual Atari training on Ray: config schema, schedule, services, actors, driver, commands."""

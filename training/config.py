@@ -1,0 +1,313 @@
+"""The run configuration: a typed schema for `configs/*.yaml`, validated before anything starts.
+
+A config says everything about a run. Every key has a type and a range; an unknown key
+gets a suggestion, a wrong type or range names the key and the allowed values, and all
+such mistakes end the command with exit code 2 before any Ray actor starts.
+`--set section.key=value` overrides any entry (the value is parsed as YAML).
+
+Units are in the key names: `*_frames` count emulator frames (the paper's unit: one agent
+step is `env.frame_skip` frames), `*_steps` count agent steps, `*_updates` count learner updates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from agents.dqn import DQNConfig
+from agents.epsilon import EpsilonConfig
+from common.errors import UsageError
+from envs.atari import AtariSettings
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Which game is played when: visits of `frames_per_visit` frames each."""
+
+    order: Literal["fixed", "random"] = "fixed"  # random: a seeded shuffle of the games per round
+    repeats: int = 1  # rounds over all games
+    frames_per_visit: int = 20_000_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    num_env_actors: int = 2
+    envs_per_actor: int = 1
+    chunk_steps: int = 100  # agent steps per environment per chunk shipped to the learner
+    weight_sync_updates: int = 100  # actors get the learner's weights this often
+    cpus_per_actor: float = 0.5  # Ray resources; fractional lets several actors share a core
+    learner_cpus: float = 1.0
+    learner_threads: int = 0  # torch threads of the learner; 0 = torch's default (all cores of its node)
+    placement: Literal["pack", "spread"] = "pack"  # spread: env actors on as many nodes as possible
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_frames: int = 1_000_000  # evaluate every game of the schedule this often (0: never)
+    episodes: int = 1  # episodes per game, played with epsilon.evaluation
+    max_episode_frames: int = 108_000
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_every_s: float = 10.0
+    checkpoint_every_s: float = 600.0
+    keep_checkpoints: int = 3
+    checkpoint_replay: bool = False  # also save the replay buffers (about 7 KB per stored transition)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_name: str = "run"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    games: tuple[str, ...] = ("Pong", "Breakout")
+    task_inference: Literal["schedule", "fmn"] = "schedule"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    env: AtariSettings = field(default_factory=AtariSettings)
+    agent: DQNConfig = field(default_factory=DQNConfig)
+    epsilon: EpsilonConfig = field(default_factory=EpsilonConfig)
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def total_frames(self) -> int:
+        return self.schedule.frames_per_visit * self.schedule.repeats * len(self.games)
+
+
+# ---- ranges checked after types -----------------------------------------------------------
+
+_POSITIVE = {
+    "schedule.repeats", "schedule.frames_per_visit", "env.frame_skip", "env.max_episode_frames",
+    "agent.network.hidden", "agent.network.max_tasks", "agent.batch_size", "agent.learning_rate",
+    "agent.rmsprop_eps", "agent.max_grad_norm", "agent.huber_delta", "agent.target_update_period",
+    "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "actors.num_env_actors",
+    "actors.envs_per_actor", "actors.chunk_steps", "actors.weight_sync_updates", "actors.cpus_per_actor",
+    "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s",
+    "logging.checkpoint_every_s", "logging.keep_checkpoints",
+}
+_NON_NEGATIVE = {
+    "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",
+    "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames",
+}
+_UNIT_INTERVAL = {
+    "env.repeat_action_probability", "agent.gamma", "agent.rmsprop_alpha", "epsilon.start", "epsilon.end",
+    "epsilon.evaluation", "agent.ewc_online_gamma",
+}
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        plural = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}[args[0]]
+        return f"a list of {count}{plural}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    bad = UsageError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is tuple:  # tuple[int, ...] or tuple[int, int, int]; YAML gives lists
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            raise bad
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(_coerce(item, t, f"{key}[{i}]") for i, (item, t) in enumerate(zip(value, item_types)))
+    if origin in (typing.Union, types.UnionType):
+        raise AssertionError("union types are not used in the schema")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():  # 2e7 in YAML
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise AssertionError(f"unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise UsageError(f"unknown config key {prefix + str(key)!r}{_suggest(str(key), known)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            values[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, tp, prefix + key)
+            _check_range(prefix + key, values[key])
+    try:
+        return cls(**values)
+    except UsageError as err:  # a dataclass's own cross-field checks
+        raise UsageError(f"config section {where!r}: {err}") from None
+
+
+def _check_range(path: str, value: Any) -> None:
+    if path in _POSITIVE and not value > 0:
+        raise UsageError(f"config key {path!r} must be positive, got {value!r}")
+    if path in _NON_NEGATIVE and not value >= 0:
+        raise UsageError(f"config key {path!r} must be >= 0, got {value!r}")
+    if path in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+        raise UsageError(f"config key {path!r} must lie in [0, 1], got {value!r}")
+
+
+def _get(config: Any, path: str) -> Any:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _check_ranges(config: RunConfig) -> None:
+    """Checks that involve several keys (single values were checked while building)."""
+    agent, network = config.agent, config.agent.network
+    if not config.games:
+        raise UsageError("config key 'games' must list at least one game")
+    if min(network.channels) <= 0:
+        raise UsageError(f"config key 'agent.network.channels' must be positive, got {list(network.channels)}")
+    fixed = {"agent.network.frame_size": 84, "agent.network.frame_stack": 4, "agent.network.num_actions": 18,
+             "env.full_action_space": True}
+    for path, value in fixed.items():
+        if _get(config, path) != value:
+            raise UsageError(f"config key {path!r} must be {value!r} (the preprocessing and the full ALE action set fix it)")
+    if agent.batch_size > agent.replay_capacity:
+        raise UsageError(
+            f"agent.batch_size ({agent.batch_size}) is larger than agent.replay_capacity ({agent.replay_capacity})"
+        )
+    if config.epsilon.end > config.epsilon.start:
+        raise UsageError("epsilon.end must not exceed epsilon.start")
+    if agent.ewc_online_gamma != 1.0 and not agent.ewc_online:
+        raise UsageError("agent.ewc_online_gamma only applies with agent.ewc_online: true")
+    if not config.run_name or "/" in config.run_name:
+        raise UsageError(f"run_name must be a non-empty name without '/', got {config.run_name!r}")
+
+
+def _resolve_games(config: RunConfig) -> RunConfig:
+    from envs.atari import resolve_game  # raises UsageError with close matches
+
+    games = tuple(resolve_game(game) for game in config.games)
+    if len(set(games)) != len(games):
+        raise UsageError(f"config key 'games' lists a game twice: {list(games)}")
+    max_tasks = config.agent.network.max_tasks
+    if len(games) > max_tasks:
+        raise UsageError(f"{len(games)} games need agent.network.max_tasks >= {len(games)}, got {max_tasks}")
+    return dataclasses.replace(config, games=games)
+
+
+def _check_memory(config: RunConfig) -> None:
+    """Refuse replay buffers that cannot fit in this machine's memory (before hours are spent)."""
+    import os
+
+    from agents.replay import FrameReplay
+
+    per_transition = FrameReplay(capacity=5).bytes_per_transition  # the real layout, measured on a tiny buffer
+    needed = per_transition * config.agent.replay_capacity * len(config.games)
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > 0.8 * available:
+        raise UsageError(
+            f"replay buffers need {needed / 2**30:.1f} GiB ({len(config.games)} games x "
+            f"{config.agent.replay_capacity} transitions x {per_transition:.0f} B) but this machine has "
+            f"{available / 2**30:.1f} GiB: lower agent.replay_capacity"
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'agent.lr=1e-4' -> (['agent', 'lr'], 0.0001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise UsageError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise UsageError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {text}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: YAML syntax error{where}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: YAML error: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def config_from_dict(data: dict, *, check_memory: bool = True) -> RunConfig:
+    config = _build(RunConfig, data, "")
+    _check_ranges(config)
+    config = _resolve_games(config)
+    if check_memory:
+        _check_memory(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a config file; raises UsageError on any mistake."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    return config_from_dict(data)
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)

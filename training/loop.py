@@ -1,0 +1,438 @@
+"""The driver: runs a schedule of games on Ray actors and writes everything a user watches.
+
+Env actors play the current game and ship chunks of single frames to the learner actor
+(through the object store: the driver only sees episode statistics). The driver keeps the
+paper's replay ratio (one update per `agent.update_period` agent steps once a task's buffer
+holds `agent.learning_starts` transitions) by submitting slices of updates to the learner and
+holding actors back when they run ahead. At each game switch it asks the consolidation actor
+for the finished task's Fisher and routes the merged anchors to the learner. Every game of
+the schedule is evaluated periodically, so forgetting shows up as curves.
+
+Outputs in the run directory: `config.yaml` (resolved), `metrics.jsonl` (one JSON object per
+log interval), `eval.jsonl` (one per evaluation round), TensorBoard event files,
+`checkpoints/`, `actors.json` (where each actor runs) and `summary.json` at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.epsilon import TaskEpsilon
+from common.errors import UsageError
+from envs.scores import capped_sum, human_normalized
+from training import checkpoint
+from training.config import RunConfig, config_to_dict
+from training.schedule import Schedule, ScheduleTaskIds
+
+MAX_TRAIN_CALLS_IN_FLIGHT = 2  # keeps the learner busy while the driver handles the previous slice
+UPDATES_PER_SLICE = 16
+NEVER = 2**62  # a frame count no run reaches
+
+
+@dataclass
+class Progress:
+    """Driver-side counters; saved in checkpoints so a resumed run continues them."""
+
+    frames: int = 0  # emulator frames played, all games
+    steps: int = 0  # agent steps, all games
+    episodes: int = 0
+    visit_index: int = 0
+    trainable_steps: int = 0  # agent steps added while the current task's buffer was past learning_starts
+    updates_submitted: int = 0
+    updates_done: int = 0
+    next_eval_frame: int = 0
+    consolidations: int = 0
+    lost_chunks: int = 0
+
+
+@dataclass
+class _Interval:
+    """What happened since the last log line."""
+
+    start: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    updates: int = 0
+    returns: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    train: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False):
+        self.config = config
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.schedule = Schedule(config.games, config.schedule)
+        self.task_ids = ScheduleTaskIds([v.game for v in self.schedule.visits])
+        self.epsilon = TaskEpsilon(config.epsilon)
+        self.progress = Progress(next_eval_frame=0 if config.eval.every_frames else NEVER)
+        self.interval = _Interval()
+        self.last_metrics: dict[str, float] = {}
+        self.last_eval: dict[str, Any] | None = None
+        self.started = time.monotonic()
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{self.config.run_name}] {message}", file=sys.stderr, flush=True)
+
+    def _open_outputs(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self.eval_file = open(self.run_dir / "eval.jsonl", "a")
+
+    def _close_outputs(self) -> None:
+        self.writer.close()
+        self.metrics_file.close()
+        self.eval_file.close()
+
+    # ---- Ray set-up -----------------------------------------------------------------------
+
+    def _start_actors(self) -> None:
+        import ray
+
+        from training.actors import ConsolidationActor, EnvActor, LearnerActor
+
+        cfg = self.config
+        resources = ray.cluster_resources()
+        has_gpu = resources.get("GPU", 0) >= 1
+        device = {"auto": "cuda" if has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[cfg.device]
+        if device == "cuda" and not has_gpu:
+            raise UsageError("device: cuda, but the Ray cluster has no GPU")
+        needed = cfg.actors.learner_cpus + cfg.actors.num_env_actors * cfg.actors.cpus_per_actor
+        if needed > resources.get("CPU", 0) + 1e-9:
+            raise UsageError(
+                f"the run needs {needed:g} CPUs (learner {cfg.actors.learner_cpus:g} + {cfg.actors.num_env_actors} env actors x "
+                f"{cfg.actors.cpus_per_actor:g}) but the Ray cluster has {resources.get('CPU', 0):g}: lower "
+                "actors.num_env_actors or actors.cpus_per_actor, or add nodes"
+            )
+        self.device = device
+        self.learner = LearnerActor.options(
+            num_cpus=cfg.actors.learner_cpus, num_gpus=1 if device == "cuda" else 0
+        ).remote(cfg, device, cfg.actors.learner_threads)
+        self.consolidator = ConsolidationActor.options(num_cpus=0).remote(cfg, "cpu")
+        strategy = "SPREAD" if cfg.actors.placement == "spread" else "DEFAULT"
+        self.actors = [
+            EnvActor.options(num_cpus=cfg.actors.cpus_per_actor, scheduling_strategy=strategy).remote(
+                i, cfg.actors.envs_per_actor, cfg.agent.network, cfg.env, seed=cfg.seed
+            )
+            for i in range(cfg.actors.num_env_actors)
+        ]
+        # Evaluation runs rarely and must not take a core from the actors: no CPU reserved.
+        self.evaluator = EnvActor.options(num_cpus=0).remote(len(self.actors), 1, cfg.agent.network, cfg.env, seed=cfg.seed)
+        where = {
+            "learner": self.learner.where.remote(),
+            "consolidation": self.consolidator.where.remote(),
+            **{f"env_actor_{i}": a.where.remote() for i, a in enumerate(self.actors)},
+        }
+        placement = {name: ray.get(ref) for name, ref in where.items()}
+        (self.run_dir / "actors.json").write_text(json.dumps(placement, indent=2))
+        nodes = len({p["node_id"] for p in placement.values()})
+        self.say(f"actors started on {nodes} node(s); learner on {device}")
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, resume_state: dict | None = None) -> dict[str, Any]:
+        import ray
+
+        self._open_outputs()
+        try:
+            self._start_actors()
+            if resume_state is not None:
+                self._restore(resume_state)
+            return self._loop(ray)
+        finally:
+            self._close_outputs()
+
+    def _loop(self, ray) -> dict[str, Any]:
+        cfg = self.config
+        agent = cfg.agent
+        weights = self.learner.weights.remote()
+        visit = self.schedule.visit_at(self.progress.frames)
+        task = self.task_ids.task_for(visit.game)
+        for actor in self.actors:
+            actor.set_weights.remote(weights)
+            actor.set_game.remote(visit.game, task)
+        self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {task})")
+
+        collects: dict[Any, tuple[int, int]] = {}  # stats ref -> (actor index, steps)
+        adds: dict[Any, int] = {}  # add ref -> agent steps in it
+        trains: list[Any] = []
+        evals: dict[Any, str] = {}
+        eval_round: dict[str, list[float]] = {}
+        consolidations: list[Any] = []
+        replay_size = 0
+        last_sync = self.progress.updates_done
+        last_log = last_checkpoint = time.monotonic()
+        steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
+        max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
+        idle = set(range(len(self.actors)))
+        switching = False
+
+        while True:
+            next_visit = self.schedule.visit_at(self.progress.frames)
+            if next_visit is None or next_visit.index != visit.index:
+                switching = True
+            if switching and not collects and not adds:
+                # all chunks of the old game are stored: switch (or finish)
+                if cfg.agent.ewc_enabled and replay_size >= agent.batch_size:
+                    inputs = self.learner.consolidation_inputs.remote(task)
+                    anchors = self.consolidator.consolidate.remote(inputs, -1 if next_visit is None else self.task_ids.task_for(next_visit.game))
+                    self.learner.set_anchors.remote(anchors)
+                    consolidations.append(anchors)
+                if next_visit is None:
+                    break
+                visit, switching = next_visit, False
+                task = self.task_ids.task_for(visit.game)
+                replay_size = 0
+                for actor in self.actors:
+                    actor.set_game.remote(visit.game, task)
+                self.progress.visit_index = visit.index
+                self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {task})")
+                self._checkpoint()
+                last_checkpoint = time.monotonic()
+
+            learning = replay_size >= max(agent.learning_starts, agent.batch_size)
+            in_flight = sum(steps for _, steps in collects.values())
+            lag = self.progress.trainable_steps - self.progress.updates_done * agent.update_period
+            for i in sorted(idle):
+                if switching or (learning and lag + in_flight >= max_lag):
+                    break
+                eps = self.epsilon.value(task)
+                stats_ref, chunks_ref = self.actors[i].collect_split.remote(cfg.actors.chunk_steps, eps)
+                collects[stats_ref] = (i, steps_per_collect)
+                adds[self.learner.add.remote(task, chunks_ref)] = steps_per_collect
+                in_flight += steps_per_collect
+                idle.discard(i)
+
+            target = self.progress.trainable_steps // agent.update_period
+            while len(trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self.progress.updates_submitted < target:
+                n = min(UPDATES_PER_SLICE, target - self.progress.updates_submitted)
+                trains.append(self.learner.train.remote(task, n))
+                self.progress.updates_submitted += n
+
+            pending = [*collects, *adds, *trains, *evals, *consolidations]
+            ready, _ = ray.wait(pending, num_returns=1, timeout=0.5) if pending else ([], [])
+            for ref in ready:
+                if ref in collects:
+                    i, _ = collects.pop(ref)
+                    idle.add(i)
+                    self._on_collect(ray, ref, i, task, weights)
+                elif ref in adds:
+                    steps = adds.pop(ref)
+                    try:
+                        added = ray.get(ref)
+                    except ray.exceptions.RayTaskError as err:  # the chunk of a crashed env actor
+                        if isinstance(err.cause, ray.exceptions.RayActorError):
+                            continue
+                        raise
+                    replay_size = added["replay_size"]
+                    if added["task"] == task and replay_size >= max(agent.learning_starts, agent.batch_size):
+                        self.progress.trainable_steps += added["transitions"]
+                elif ref in trains:
+                    trains.remove(ref)
+                    self._on_train(ray.get(ref))
+                elif ref in evals:
+                    eval_round[evals.pop(ref)] = ray.get(ref)
+                    if not evals:
+                        self._on_eval(eval_round)
+                        eval_round = {}
+                else:
+                    consolidations.remove(ref)
+                    self._on_consolidation(ray.get(ref))
+
+            if self.progress.updates_done - last_sync >= cfg.actors.weight_sync_updates:
+                weights = self.learner.weights.remote()
+                for actor in self.actors:
+                    actor.set_weights.remote(weights)
+                last_sync = self.progress.updates_done
+            if self.progress.frames >= self.progress.next_eval_frame and not evals:
+                evals = self._start_eval(self.learner.weights.remote())
+                self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
+            now = time.monotonic()
+            if now - last_log >= cfg.logging.log_every_s:
+                self._log(task, visit.game, replay_size)
+                last_log = now
+            if now - last_checkpoint >= cfg.logging.checkpoint_every_s:
+                self._checkpoint()
+                last_checkpoint = now
+
+        for ref in trains:
+            self._on_train(ray.get(ref))
+        for ref in consolidations:
+            self._on_consolidation(ray.get(ref))
+        if evals:  # finish the round in progress, then one last round on the final weights
+            for ref, game in evals.items():
+                eval_round[game] = ray.get(ref)
+            self._on_eval(eval_round)
+        if cfg.eval.every_frames:
+            final = self._start_eval(self.learner.weights.remote())
+            self._on_eval({game: ray.get(ref) for ref, game in final.items()})
+        self._log(task, visit.game, replay_size)
+        path = self._checkpoint()
+        summary = {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(path),
+            "frames": self.progress.frames,
+            "env_steps": self.progress.steps,
+            "updates": self.progress.updates_done,
+            "wall_s": round(time.monotonic() - self.started, 1),
+            "env_steps_per_s": self.progress.steps / max(time.monotonic() - self.started, 1e-9),
+            "consolidations": self.progress.consolidations,
+            "final_eval": self.last_eval,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.say(f"done: {self.progress.frames:,} frames, {self.progress.updates_done:,} updates in {summary['wall_s']} s")
+        return summary
+
+    # ---- event handlers -------------------------------------------------------------------
+
+    def _on_collect(self, ray, ref, actor_index: int, task: int, weights) -> None:
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            # The actor died mid-chunk; Ray restarts it (max_restarts): give it the game and weights again.
+            self.progress.lost_chunks += 1
+            self.say(f"env actor {actor_index} died; its in-flight chunk is lost, restarting it")
+            actor = self.actors[actor_index]
+            actor.set_weights.remote(weights)
+            visit = self.schedule.visits[self.progress.visit_index]
+            actor.set_game.remote(visit.game, self.task_ids.task_for(visit.game))
+            return
+        self.progress.steps += result.steps
+        self.progress.frames += result.steps * self.config.env.frame_skip
+        self.progress.episodes += len(result.episode_returns)
+        self.epsilon.advance(result.task, result.steps)
+        self.interval.steps += result.steps
+        self.interval.returns[result.game].extend(result.episode_returns)
+
+    def _on_train(self, metrics: dict[str, float]) -> None:
+        done = int(metrics.pop("updates")) - self.progress.updates_done
+        self.progress.updates_done += done
+        self.interval.updates += done
+        for key, value in metrics.items():
+            self.interval.train[key].append(value)
+
+    def _on_consolidation(self, anchors: dict[str, Any]) -> None:
+        self.progress.consolidations += 1
+        task = anchors["fisher_task"]
+        self.writer.add_scalar("ewc/fisher_mean", anchors["fisher_mean"], self.progress.frames)
+        self.writer.add_scalar("ewc/anchored_tasks", len(anchors["tasks"]), self.progress.frames)
+        self.say(f"consolidated task {task}: mean Fisher {anchors['fisher_mean']:.3g}; penalty now anchors tasks {anchors['tasks']}")
+
+    def _start_eval(self, weights) -> dict[Any, str]:
+        cfg = self.config.eval
+        self.evaluator.set_weights.remote(weights)
+        self.eval_frame = self.progress.frames
+        return {
+            self.evaluator.evaluate.remote(game, self.task_ids.task_for(game), cfg.episodes, self.config.epsilon.evaluation, cfg.max_episode_frames): game
+            for game in self.schedule.games()
+        }
+
+    def _on_eval(self, scores: dict[str, list[float]]) -> None:
+        frame = self.eval_frame
+        record: dict[str, Any] = {"frames": frame, "visit_index": self.progress.visit_index, "games": {}}
+        normalized = {}
+        for game, values in scores.items():
+            mean = sum(values) / len(values)
+            normalized[game] = human_normalized(game, mean)
+            record["games"][game] = {"score": mean, "human_normalized": normalized[game], "episodes": values}
+            self.writer.add_scalar(f"eval/{game}/score", mean, frame)
+            if normalized[game] is not None:
+                self.writer.add_scalar(f"eval/{game}/human_normalized", normalized[game], frame)
+        record["capped_sum"] = capped_sum(normalized)
+        self.writer.add_scalar("eval/capped_human_normalized_sum", record["capped_sum"], frame)
+        self.eval_file.write(json.dumps(record) + "\n")
+        self.eval_file.flush()
+        self.last_eval = record
+        summary = ", ".join(f"{g} {v['score']:.1f}" for g, v in record["games"].items())
+        self.say(f"eval at {frame:,} frames: {summary} (capped normalised sum {record['capped_sum']:.2f})")
+
+    def _log(self, task: int, game: str, replay_size: int) -> None:
+        interval, now = self.interval, time.monotonic()
+        seconds = max(now - interval.start, 1e-9)
+        mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+        train = {key: mean(values) for key, values in interval.train.items()}
+        returns = {g: mean(v) for g, v in interval.returns.items() if v}
+        record = {
+            "time_s": round(now - self.started, 2),
+            "frames": self.progress.frames,
+            "env_steps": self.progress.steps,
+            "env_steps_per_s": interval.steps / seconds,
+            "updates": self.progress.updates_done,
+            "updates_per_s": interval.updates / seconds,
+            "task": task,
+            "game": game,
+            "epsilon": self.epsilon.value(task),
+            "replay_size": replay_size,
+            "episodes": self.progress.episodes,
+            "episode_return": returns.get(game),
+            "loss": train.get("loss"),
+            "td_error": train.get("td_error_abs_mean"),
+            "ewc_penalty": train.get("ewc_penalty", 0.0),
+            "q_mean": train.get("q_mean"),
+            "skipped_nonfinite": sum(interval.train.get("skipped_nonfinite", [])),
+        }
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        step, w = self.progress.frames, self.writer
+        for g, value in returns.items():
+            w.add_scalar(f"episode_return/{g}", value, step)
+            normalized = human_normalized(g, value)
+            if normalized is not None:
+                w.add_scalar(f"human_normalized/{g}", normalized, step)
+        for key in ("loss", "td_error", "ewc_penalty", "q_mean"):
+            if record[key] is not None:
+                w.add_scalar(f"train/{key}", record[key], step)
+        w.add_scalar("train/epsilon", record["epsilon"], step)
+        w.add_scalar("train/task", task, step)
+        w.add_scalar("replay/fill", replay_size / self.config.agent.replay_capacity, step)
+        w.add_scalar("perf/env_steps_per_s", record["env_steps_per_s"], step)
+        w.add_scalar("perf/updates_per_s", record["updates_per_s"], step)
+        w.flush()
+        ret = f"{record['episode_return']:.1f}" if record["episode_return"] is not None else "-"
+        loss = f"{record['loss']:.4f}" if record["loss"] is not None else "-"
+        self.say(
+            f"{game} (task {task}) frames {self.progress.frames:,}/{self.schedule.total_frames:,} | "
+            f"{record['env_steps_per_s']:.0f} steps/s | updates {self.progress.updates_done:,} "
+            f"({record['updates_per_s']:.1f}/s) | return {ret} | loss {loss} | ewc {record['ewc_penalty']:.3g} | "
+            f"eps {record['epsilon']:.2f}"
+        )
+        self.interval = _Interval()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def _checkpoint(self) -> Path:
+        import ray
+
+        cfg = self.config
+        state = {
+            "config": config_to_dict(cfg),
+            "progress": dataclasses.asdict(self.progress),
+            "epsilon": self.epsilon.state_dict(),
+            "task_ids": self.task_ids.state_dict(),
+            "learner": ray.get(self.learner.state_dict.remote(cfg.logging.checkpoint_replay)),
+            "consolidation": ray.get(self.consolidator.state_dict.remote()),
+        }
+        return checkpoint.save(self.run_dir / "checkpoints", state, self.progress.frames, keep=cfg.logging.keep_checkpoints)
+
+    def _restore(self, state: dict) -> None:
+        import ray
+
+        self.progress = Progress(**state["progress"])
+        self.epsilon.load_state_dict(state["epsilon"])
+        self.task_ids.load_state_dict(state["task_ids"])
+        ray.get([self.learner.load_state_dict.remote(state["learner"]),
+                 self.consolidator.load_state_dict.remote(state["consolidation"])])

@@ -1,0 +1,152 @@
+"""What the learner and consolidation actors do, as plain classes (the Ray actors only wrap them).
+
+`LearnerService`: per-task replay + the Double-DQN `Learner` + the task-id source. Chunks
+from env actors go in, minibatch updates come out, weights are published for actors.
+
+`ConsolidationService`: at each task switch, the Fisher of the finished task on a sample
+of its buffer, anchored at the learner's current shared weights. It keeps one Fisher and
+one anchor per task, so a task visited again replaces its own term rather than counting
+twice, and it ships the learner one merged quadratic over the tasks that qualify: every
+consolidated task except the one now being trained, once it was trained
+`agent.ewc_min_frames` frames. The learner's cost per update stays that of one quadratic.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.dqn import Learner, q_network_fisher
+from agents.network import QNetwork, shared_parameter_names
+from agents.replay import Batch, TaskReplay, TransitionChunk
+from ewc import EWCPenalty
+from training.config import RunConfig
+
+
+class LearnerService:
+    def __init__(self, config: RunConfig, device: str = "cpu"):
+        self.config = config
+        agent = config.agent
+        self.learner = Learner(agent, device=device, seed=config.seed)
+        self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
+
+    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]]) -> dict[str, int]:
+        """Store an actor's chunks in `task`'s buffer; returns the task and its buffer size."""
+        transitions = 0
+        for source, chunk in chunks:
+            self.replay.add_chunk(task, chunk, source)
+            transitions += chunk.num_transitions
+        self.learner.note_frames(task, transitions * self.config.env.frame_skip)
+        return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions}
+
+    def train(self, task: int, num_updates: int) -> dict[str, float]:
+        """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged."""
+        sums: dict[str, float] = {}
+        for _ in range(num_updates):
+            metrics = self.learner.update(self.replay.sample(task, self.config.agent.batch_size), task)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
+        averaged["updates"] = self.learner.num_updates
+        averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
+        return averaged
+
+    def weights(self) -> dict[str, Tensor]:
+        return self.learner.weights()
+
+    def consolidation_inputs(self, task: int) -> dict[str, Any]:
+        """What the consolidation actor needs for `task`: weights and a sample of its buffer."""
+        agent = self.config.agent
+        batch = Batch.concatenate(self.replay.sample(task, agent.batch_size) for _ in range(agent.fisher_minibatches))
+        return {
+            "task": task,
+            "online": self.learner.weights(),
+            "target": {n: t.detach().cpu().clone() for n, t in self.learner.target.state_dict().items()},
+            "batch": batch,
+            "frames_per_task": dict(self.learner.frames_per_task),
+        }
+
+    def set_anchors(self, anchors: Mapping[str, Any]) -> int:
+        self.learner.set_anchors(anchors["ewc"], anchors["tasks"])
+        return len(anchors["tasks"])
+
+    def replay_sizes(self) -> dict[int, int]:
+        return {task: self.replay.num_transitions(task) for task in self.replay.tasks}
+
+    def state_dict(self, include_replay: bool = False) -> dict[str, Any]:
+        state = {"learner": self.learner.state_dict()}
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+
+class ConsolidationService:
+    def __init__(self, config: RunConfig, device: str = "cpu"):
+        agent = config.agent
+        self.config = config
+        self.device = torch.device(device)
+        self.online = QNetwork(agent.network).to(self.device)
+        self.target = QNetwork(agent.network).to(self.device)
+        self.shared_names = shared_parameter_names(self.online)
+        self.terms: dict[int, tuple[dict[str, Tensor], dict[str, Tensor]]] = {}  # task -> (fisher, anchors)
+        self.online_penalty = self._new_penalty()  # used by online EWC only
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def _new_penalty(self) -> EWCPenalty:
+        agent = self.config.agent
+        return EWCPenalty(
+            agent.ewc_lambda, online=agent.ewc_online, gamma=agent.ewc_online_gamma, include=self.shared_names
+        )
+
+    def consolidate(self, inputs: Mapping[str, Any], current_task: int) -> dict[str, Any]:
+        """Fisher of the finished task from `inputs` (see LearnerService.consolidation_inputs).
+
+        Returns the merged anchors for the learner: {"ewc": EWCPenalty state, "tasks": [...],
+        "fisher_task": the task just consolidated, "fisher_mean": mean Fisher (for logging)}.
+        """
+        task = int(inputs["task"])
+        self.online.load_state_dict(inputs["online"])
+        self.target.load_state_dict(inputs["target"])
+        fisher = q_network_fisher(
+            self.online, self.target, inputs["batch"], task, kind=self.config.agent.fisher_kind,
+            gamma=self.config.agent.gamma, generator=self.generator,
+        )
+        anchors = {n: inputs["online"][n].to(self.device) for n in self.shared_names}
+        frames = {int(t): int(n) for t, n in inputs["frames_per_task"].items()}
+        eligible = frames.get(task, 0) >= self.config.agent.ewc_min_frames
+        if self.config.agent.ewc_online:
+            if eligible:
+                self.online_penalty.consolidate(anchors, fisher)
+                self.terms[task] = ({}, {})  # remembered only as "anchored"
+            tasks = sorted(self.terms)
+            state = self.online_penalty.state_dict()
+        else:
+            self.terms[task] = (fisher, anchors)
+            penalty = self._new_penalty()
+            tasks = [t for t in sorted(self.terms) if t != current_task and frames.get(t, 0) >= self.config.agent.ewc_min_frames]
+            for t in tasks:
+                penalty.consolidate(self.terms[t][1], self.terms[t][0])
+            state = penalty.state_dict()
+        fisher_mean = float(np.mean([f.mean().item() for f in fisher.values()]))
+        return {"ewc": state, "tasks": tasks, "fisher_task": task, "fisher_mean": fisher_mean}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "terms": {t: ({n: v.cpu() for n, v in f.items()}, {n: v.cpu() for n, v in a.items()})
+                      for t, (f, a) in self.terms.items()},
+            "online_penalty": self.online_penalty.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.terms = {int(t): ({n: v.to(self.device) for n, v in f.items()}, {n: v.to(self.device) for n, v in a.items()})
+                      for t, (f, a) in dict(state["terms"]).items()}
+        self.online_penalty.load_state_dict(state["online_penalty"])
+        self.online_penalty.to(self.device)

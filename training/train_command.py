@@ -1,0 +1,67 @@
+"""Train one Double-DQN agent with EWC on a schedule of Atari games, on Ray.
+
+Examples:
+  python run.py train --config configs/smoke.yaml
+  python run.py train --config configs/paper.yaml --set agent.ewc_lambda=100 --logdir runs
+  python run.py train --config configs/paper.yaml --address auto      # join a running Ray cluster
+
+Writes to LOGDIR/<run_name>/: config.yaml (resolved), metrics.jsonl, eval.jsonl, TensorBoard
+event files (tensorboard --logdir LOGDIR), checkpoints/ and summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from common.errors import UsageError
+from training.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set agent.ewc_lambda=100 (repeatable)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray instance")
+    parser.add_argument("--logdir", default="runs", help="parent directory of the run directory (default: runs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def new_run_dir(logdir: Path, name: str) -> Path:
+    """LOGDIR/name, or LOGDIR/name-2, -3, ... if that is taken: a new run never mixes with an old one."""
+    candidate, n = logdir / name, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = logdir / f"{name}-{n}"
+    return candidate
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        if address:
+            ray.init(address=address, logging_level="warning")
+        else:
+            ray.init(include_dashboard=False, logging_level="warning")
+    except ConnectionError as err:
+        raise UsageError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    import ray
+
+    from training.loop import Trainer
+
+    config = load_config(args.config, args.overrides)
+    run_dir = new_run_dir(Path(args.logdir), config.run_name)
+    init_ray(args.address)
+    try:
+        trainer = Trainer(config, run_dir, quiet=args.quiet)
+        trainer.say(f"run directory {run_dir}")
+        trainer.run()
+    finally:
+        ray.shutdown()
+    return 0
