@@ -64,6 +64,17 @@ class _Interval:
     train: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
+@dataclass
+class _EvalRound:
+    """One evaluation of every game on one snapshot of the weights."""
+
+    kind: str  # "initial" (before training), "periodic", "visit_end" (the visit's final weights), "final"
+    frames: int
+    visit_index: int
+    pending: dict[Any, str]  # ref -> game
+    scores: dict[str, list[float]] = field(default_factory=dict)
+
+
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False):
         self.config = config
@@ -170,8 +181,7 @@ class Trainer:
         collects: dict[Any, tuple[int, int]] = {}  # stats ref -> (actor index, steps)
         adds: dict[Any, int] = {}  # add ref -> agent steps in it
         trains: list[Any] = []
-        evals: dict[Any, str] = {}
-        eval_round: dict[str, list[float]] = {}
+        self.eval_round: _EvalRound | None = None
         consolidations: list[Any] = []
         replay_size = 0
         last_sync = self.progress.updates_done
@@ -186,7 +196,10 @@ class Trainer:
             if next_visit is None or next_visit.index != visit.index:
                 switching = True
             if switching and not collects and not adds:
-                # all chunks of the old game are stored: switch (or finish)
+                # all chunks of the old game are stored: evaluate the visit's final weights, then switch (or finish)
+                if cfg.eval.at_visit_end:
+                    self._finish_eval(ray)
+                    self._start_eval("visit_end")
                 if cfg.agent.ewc_enabled and replay_size >= agent.batch_size:
                     inputs = self.learner.consolidation_inputs.remote(task)
                     anchors = self.consolidator.consolidate.remote(inputs, -1 if next_visit is None else self.task_ids.task_for(next_visit.game))
@@ -223,6 +236,7 @@ class Trainer:
                 trains.append(self.learner.train.remote(task, n))
                 self.progress.updates_submitted += n
 
+            evals = self.eval_round.pending if self.eval_round else {}
             pending = [*collects, *adds, *trains, *evals, *consolidations]
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.5) if pending else ([], [])
             for ref in ready:
@@ -245,10 +259,10 @@ class Trainer:
                     trains.remove(ref)
                     self._on_train(ray.get(ref))
                 elif ref in evals:
-                    eval_round[evals.pop(ref)] = ray.get(ref)
+                    self.eval_round.scores[evals.pop(ref)] = ray.get(ref)
                     if not evals:
-                        self._on_eval(eval_round)
-                        eval_round = {}
+                        self._on_eval(self.eval_round)
+                        self.eval_round = None
                 else:
                     consolidations.remove(ref)
                     self._on_consolidation(ray.get(ref))
@@ -258,8 +272,8 @@ class Trainer:
                 for actor in self.actors:
                     actor.set_weights.remote(weights)
                 last_sync = self.progress.updates_done
-            if self.progress.frames >= self.progress.next_eval_frame and not evals:
-                evals = self._start_eval(self.learner.weights.remote())
+            if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None:
+                self._start_eval("initial" if self.progress.frames == 0 else "periodic")
                 self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
             now = time.monotonic()
             if now - last_log >= cfg.logging.log_every_s:
@@ -273,13 +287,10 @@ class Trainer:
             self._on_train(ray.get(ref))
         for ref in consolidations:
             self._on_consolidation(ray.get(ref))
-        if evals:  # finish the round in progress, then one last round on the final weights
-            for ref, game in evals.items():
-                eval_round[game] = ray.get(ref)
-            self._on_eval(eval_round)
-        if cfg.eval.every_frames:
-            final = self._start_eval(self.learner.weights.remote())
-            self._on_eval({game: ray.get(ref) for ref, game in final.items()})
+        self._finish_eval(ray)
+        if cfg.eval.every_frames and not cfg.eval.at_visit_end:  # the last visit_end round already scored these weights
+            self._start_eval("final")
+            self._finish_eval(ray)
         self._log(task, visit.game, replay_size)
         path = self._checkpoint()
         summary = {
@@ -332,20 +343,32 @@ class Trainer:
         self.writer.add_scalar("ewc/anchored_tasks", len(anchors["tasks"]), self.progress.frames)
         self.say(f"consolidated task {task}: mean Fisher {anchors['fisher_mean']:.3g}; penalty now anchors tasks {anchors['tasks']}")
 
-    def _start_eval(self, weights) -> dict[Any, str]:
-        cfg = self.config.eval
-        self.evaluator.set_weights.remote(weights)
-        self.eval_frame = self.progress.frames
-        return {
-            self.evaluator.evaluate.remote(game, self.task_ids.task_for(game), cfg.episodes, self.config.epsilon.evaluation, cfg.max_episode_frames): game
+    def _start_eval(self, kind: str) -> None:
+        """Snapshot the learner's weights (after its queued updates) and play every game of the schedule."""
+        cfg = self.config
+        self.evaluator.set_weights.remote(self.learner.weights.remote())
+        pending = {
+            self.evaluator.evaluate.remote(
+                game, self.task_ids.task_for(game), cfg.eval.episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames
+            ): game
             for game in self.schedule.games()
         }
+        self.eval_round = _EvalRound(kind, self.progress.frames, self.progress.visit_index, pending)
 
-    def _on_eval(self, scores: dict[str, list[float]]) -> None:
-        frame = self.eval_frame
-        record: dict[str, Any] = {"frames": frame, "visit_index": self.progress.visit_index, "games": {}}
+    def _finish_eval(self, ray) -> None:
+        """Wait for the evaluation round in progress, if any, and record it."""
+        if self.eval_round is None:
+            return
+        for ref, game in self.eval_round.pending.items():
+            self.eval_round.scores[game] = ray.get(ref)
+        self._on_eval(self.eval_round)
+        self.eval_round = None
+
+    def _on_eval(self, round_: _EvalRound) -> None:
+        frame = round_.frames
+        record: dict[str, Any] = {"kind": round_.kind, "frames": frame, "visit_index": round_.visit_index, "games": {}}
         normalized = {}
-        for game, values in scores.items():
+        for game, values in round_.scores.items():
             mean = sum(values) / len(values)
             normalized[game] = human_normalized(game, mean)
             record["games"][game] = {"score": mean, "human_normalized": normalized[game], "episodes": values}
@@ -358,7 +381,7 @@ class Trainer:
         self.eval_file.flush()
         self.last_eval = record
         summary = ", ".join(f"{g} {v['score']:.1f}" for g, v in record["games"].items())
-        self.say(f"eval at {frame:,} frames: {summary} (capped normalised sum {record['capped_sum']:.2f})")
+        self.say(f"eval ({round_.kind}) at {frame:,} frames: {summary} (capped normalised sum {record['capped_sum']:.2f})")
 
     def _log(self, task: int, game: str, replay_size: int) -> None:
         interval, now = self.interval, time.monotonic()

@@ -1,0 +1,408 @@
+"""Forget-me-not (FMN) task inference from Atari frames (Kirkpatrick et al. 2017, appendix).
+
+The continual-learning agent is never told which game it is playing. This module infers it
+from the frames alone: each task is a generative model of frames, a hidden Markov model over
+"which task is active" decides when the game changed, and a held-out fresh model spawns a new
+task when no known task explains the frames. The caller uses the returned task id to pick the
+replay buffer and the task-specific parameters.
+
+The model
+---------
+* A frame (84x84 uint8 luminance, as `envs.atari` produces it) is averaged over
+  `downscale` x `downscale` blocks (42x42 by default) and quantised to `levels` intensities.
+* Each task is a factorised Dirichlet-multinomial: pixel p has its own categorical over the
+  levels with a symmetric Dirichlet(`prior`) prior, so the predictive probability of level v
+  is (count[p, v] + prior) / (total + levels * prior).
+* Only every `observe_every`-th frame is an *observation* (the paper updates the models every
+  4 agent steps). The frames in between are labelled with the current task, not modelled.
+* Decisions are made once per *window* of `window` observations. At a window's end the
+  candidates are: stay with the current task for the whole window, or switch to task k
+  (another known task, or a new one) before observation j of the window, observations
+  [0, j) belonging to the current task. Switching costs log(alpha) with alpha = 1/t
+  (t = observations so far), staying log(1 - alpha). The best candidate's tasks keep the
+  window's counts; the other models do not ("revert"). Considering switches *inside* the
+  window matters: a window that straddles a game change is explained by neither game
+  alone, so without them the new-task candidate wins and a junk task appears.
+* The new-task candidate (the held-out model) is a fresh model with the prior alone: it
+  predicts its first observation uniformly (-pixels * log(levels)) and learns from the
+  window's earlier observations to predict the later ones, i.e. it is scored by the
+  Dirichlet-multinomial marginal likelihood. The learning matters: a fresh model frozen at
+  uniform loses to any known game that shares a large black background with the new one.
+* Known tasks score the window's observations with the counts they had at the window's
+  start (a window adds at most `window` counts, few next to what a task has after its first
+  windows, so this differs little from updating as they go). That makes scoring one gather from a table of
+  log(count + prior) stacked across tasks, with cached normalisers.
+* An observation that a task explains worse than the uniform model (a one-frame screen
+  flash when a ship explodes) is scored as an outlier of that task with probability
+  `outlier_prob`: its log-likelihood under any model is at least
+  log(outlier_prob) - pixels * log(levels). Without that one flash frame outweighs the rest
+  of the window and spawns a task that lives for one window.
+
+Known behaviour (random-policy frames, default options):
+* A game whose screen changes completely (Krull's village, map and battle screens, Enduro's
+  day / night / snow / fog phases, a flash longer than one observation in BeamRider or
+  Atlantis) looks like a different game to a pixel model and becomes a task of its own; the
+  agent then has several task ids for one game, and a return to the game gives back the id
+  of the scene it shows.
+* Games that are nearly all black with a few small sprites can be explained by a known game
+  with a black screen: after SpaceInvaders, BeamRider and DemonAttack get SpaceInvaders' id
+  (and DemonAttack gets BeamRider's). `observe_every=1` or `window=8` keeps them apart, at
+  the price of more scene tasks (window=8) or 2-3x the compute (observe_every=1).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from common.errors import UsageError
+
+FRAME_SHAPE = (84, 84)
+_STATE_VERSION = 1
+_QUANTISE_CHUNK = 64  # observations quantised at once by observe_batch
+
+
+class ForgetMeNot:
+    """Online task inference: `observe(frame)` returns the current task id (0, 1, 2, ... in order of discovery).
+
+    Constructor options (the paper's values where it gives them):
+
+    window: observations per decision window (4, the paper's). Task switches are decided at
+        a window's end, so a switch is reported within about two windows, i.e.
+        2 * window * observe_every frames, usually within one.
+    observe_every: every this-many frames is an observation, scored and used to update the
+        models (4: the paper updates the models every 4 steps). The first frame ever seen is
+        an observation. 1 models every frame.
+    downscale: frames are averaged over downscale x downscale blocks before modelling
+        (2, the paper's: 84x84 -> 42x42). Must divide 84.
+    levels: intensity levels after quantisation (32). Games are told apart by which pixels
+        take which shades; 16 and 64 work as well on the games tried.
+    prior: symmetric Dirichlet concentration per level (1/32, one pseudo-count per pixel in
+        all). A large prior (0.5) lets a known game explain a new one with the same dark
+        background (SpaceInvaders, Gopher, Krull and Asterix merge), a small one keeps them apart.
+    count_cap: when a task's per-pixel total count (its number of observations, up to
+        halvings) reaches this, its counts are halved (1000). Without a cap the cost of a
+        never-seen level grows as log(total) without bound, so a long-lived task becomes ever
+        less tolerant of small novelties (a sprite somewhere new) and in the end spawns junk
+        tasks (not seen within 16,000-frame single-game runs; training runs are far longer).
+        The cap bounds that cost at log((count_cap + levels * prior) / prior) nats per pixel
+        (10.4 with the defaults) and lets a task follow slow drift. None disables it.
+    outlier_prob: probability that an observation is an outlier of its task, explained by
+        the uniform model instead (0.1; not in the paper, see the module docstring). It only
+        breaks near-ties, as likelihood margins are thousands of nats: one odd observation
+        at a window's end is as likely under a brand-new task as under the uniform outlier
+        model, and it stays an outlier as long as outlier_prob exceeds the switch
+        probability 1/t, i.e. after the first 10 observations with 0.1.
+
+    State: `state_dict()` holds only numpy arrays and python scalars, so it can be pickled
+    and saved with torch.save (torch.load then needs weights_only=False, as for any numpy
+    array); a loaded state continues with identical decisions.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 4,
+        observe_every: int = 4,
+        downscale: int = 2,
+        levels: int = 32,
+        prior: float = 1 / 32,
+        count_cap: float | None = 1000.0,
+        outlier_prob: float = 0.1,
+    ):
+        if not (_is_integer(window) and window >= 1):
+            raise UsageError(f"window must be an integer >= 1, got {window!r}")
+        if not (_is_integer(observe_every) and observe_every >= 1):
+            raise UsageError(f"observe_every must be an integer >= 1, got {observe_every!r}")
+        if not (_is_integer(downscale) and downscale >= 1 and FRAME_SHAPE[0] % downscale == 0):
+            raise UsageError(f"downscale must be an integer dividing {FRAME_SHAPE[0]}, got {downscale!r}")
+        if not (_is_integer(levels) and 2 <= levels <= 256):
+            raise UsageError(f"levels must be an integer in [2, 256], got {levels!r}")
+        if not (_is_number(prior) and math.isfinite(prior) and prior > 0):
+            raise UsageError(f"prior must be a positive number, got {prior!r}")
+        if count_cap is not None and not (_is_number(count_cap) and count_cap >= 2 * window):
+            raise UsageError(f"count_cap must be None or a number >= 2 * window ({2 * window}), got {count_cap!r}")
+        if not (_is_number(outlier_prob) and 0 < outlier_prob < 1):
+            raise UsageError(f"outlier_prob must be in (0, 1), got {outlier_prob!r}")
+
+        self.window = int(window)
+        self.observe_every = int(observe_every)
+        self.downscale = int(downscale)
+        self.levels = int(levels)
+        self.prior = float(prior)
+        self.count_cap = None if count_cap is None else float(count_cap)
+        self.outlier_prob = float(outlier_prob)
+
+        side = FRAME_SHAPE[0] // self.downscale
+        self.num_pixels = side * side
+        self.uniform_log_likelihood = -self.num_pixels * math.log(self.levels)
+        # Flat index of (pixel, level) is pixel * levels + level: one gather scores a frame.
+        self._pixel_offsets = np.arange(self.num_pixels, dtype=np.intp) * self.levels
+        self._pixel_weights = np.ones(self.num_pixels)  # sums gathered log-probs with one matmul
+
+        self._install_tasks(np.zeros((0, self.num_pixels * self.levels)), np.zeros(0))
+        self._pending: list[np.ndarray] = []  # flat indices of the current window's observations
+        self._frames_seen = 0
+        self._observations_seen = 0
+        self._current_task = -1  # no task before the first window ends
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def num_tasks(self) -> int:
+        return self._counts.shape[0]
+
+    @property
+    def current_task(self) -> int:
+        """The id `observe` returns now; 0 before the first window ends (the first task will be 0)."""
+        return max(self._current_task, 0)
+
+    def observe(self, frame: np.ndarray) -> int:
+        """Feed the next preprocessed uint8 (84, 84) frame; returns the current task id."""
+        _check_frames(frame, batched=False)
+        if self._frames_seen % self.observe_every == 0:
+            self._add_observation(self._flat_indices(frame[None])[0])
+        self._frames_seen += 1
+        return self.current_task
+
+    def observe_batch(self, frames: np.ndarray) -> list[int]:
+        """Feed consecutive frames, uint8 (N, 84, 84); returns the id after each, as N `observe` calls would."""
+        _check_frames(frames, batched=True)
+        count = frames.shape[0]
+        first = (-self._frames_seen) % self.observe_every  # the batch's first observation
+        positions = np.arange(first, count, self.observe_every)
+        observed_frames = frames[first :: self.observe_every]
+
+        labels = np.empty(count, dtype=np.int64)
+        start = 0
+        for chunk in range(0, len(positions), _QUANTISE_CHUNK):  # chunks keep the work in cache
+            chunk_observations = self._flat_indices(observed_frames[chunk : chunk + _QUANTISE_CHUNK])
+            for position, observation in zip(positions[chunk : chunk + _QUANTISE_CHUNK], chunk_observations):
+                labels[start:position] = self.current_task  # the frames before this observation
+                self._add_observation(observation)
+                start = position
+        labels[start:] = self.current_task
+        self._frames_seen += count
+        return labels.tolist()
+
+    def log_likelihoods(self, frame: np.ndarray) -> np.ndarray:
+        """Diagnostics: log-probability of a frame (as an observation) under each task, then the uniform model.
+
+        Shape (num_tasks + 1,); raw model scores, without the outlier floor. Changes nothing.
+        """
+        _check_frames(frame, batched=False)
+        scores = self._score(self._flat_indices(frame[None]))[0]
+        return np.append(scores, self.uniform_log_likelihood)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue with identical decisions: numpy arrays and python scalars."""
+        pending_levels = [indices - self._pixel_offsets for indices in self._pending]
+        return {
+            "version": _STATE_VERSION,
+            "config": self._config(),
+            "counts": self._counts.reshape(self.num_tasks, self.num_pixels, self.levels).copy(),
+            "totals": self._totals.copy(),
+            "pending_levels": np.array(pending_levels, dtype=np.uint8).reshape(-1, self.num_pixels),
+            "frames_seen": self._frames_seen,
+            "observations_seen": self._observations_seen,
+            "current_task": self._current_task,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()`; it must have been saved with this instance's configuration."""
+        _check_state_version(state)
+        if state["config"] != self._config():
+            raise UsageError(
+                f"state was saved with config {state['config']}, this instance has {self._config()}; "
+                "use ForgetMeNot.from_state_dict(state)"
+            )
+        counts = np.asarray(state["counts"], dtype=np.float64)
+        num_tasks = counts.shape[0] if counts.ndim == 3 else -1
+        if counts.shape != (num_tasks, self.num_pixels, self.levels) or np.shape(state["totals"]) != (num_tasks,):
+            raise UsageError(
+                f"state counts have shape {counts.shape} and totals {np.shape(state['totals'])}, "
+                f"expected (tasks, {self.num_pixels}, {self.levels}) and (tasks,)"
+            )
+        pending = np.asarray(state["pending_levels"], dtype=np.intp)
+        if pending.ndim != 2 or pending.shape[1] != self.num_pixels or len(pending) >= self.window:
+            raise UsageError(
+                f"state pending_levels has shape {pending.shape}, expected (< {self.window}, {self.num_pixels})"
+            )
+        if not -1 <= int(state["current_task"]) < num_tasks:
+            raise UsageError(f"state current_task {state['current_task']} is not one of its {num_tasks} tasks")
+
+        self._install_tasks(counts.reshape(num_tasks, -1).copy(), np.array(state["totals"], dtype=np.float64))
+        self._pending = [row + self._pixel_offsets for row in pending]
+        self._frames_seen = int(state["frames_seen"])
+        self._observations_seen = int(state["observations_seen"])
+        self._current_task = int(state["current_task"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ForgetMeNot:
+        """A new instance with the saved configuration and state."""
+        _check_state_version(state)
+        fmn = cls(**state["config"])
+        fmn.load_state_dict(state)
+        return fmn
+
+    # ------------------------------------------------------------------ frames -> observations
+
+    def _flat_indices(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 84, 84) uint8 -> (N, pixels) flat (pixel, level) indices into the count table."""
+        d = self.downscale
+        block_sums = np.zeros((frames.shape[0], FRAME_SHAPE[0] // d, FRAME_SHAPE[1] // d), dtype=np.int32)
+        for row in range(d):  # strided adds: ~5x faster than reshape + sum on frames this small
+            for col in range(d):
+                block_sums += frames[:, row::d, col::d]
+        levels = block_sums * self.levels // (256 * d * d)
+        return levels.reshape(frames.shape[0], -1) + self._pixel_offsets
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score(self, observations: np.ndarray) -> np.ndarray:
+        """(W, pixels) flat indices -> (W, tasks) log-likelihood of each observation under each known task."""
+        window, pixels = observations.shape
+        gathered = np.take(self._log_table, observations.ravel(), axis=0).reshape(window, pixels, self.num_tasks)
+        return self._pixel_weights @ gathered - self._log_normalisers
+
+    def _with_outliers(self, log_likelihoods: np.ndarray) -> np.ndarray:
+        """Per-observation scores of a model mixed with the uniform model (weight `outlier_prob`)."""
+        return np.logaddexp(
+            log_likelihoods + math.log1p(-self.outlier_prob),
+            self.uniform_log_likelihood + math.log(self.outlier_prob),
+        )
+
+    def _new_task_suffix_scores(self, observations: np.ndarray) -> np.ndarray:
+        """scores[j]: log-likelihood of observations [j, window) under a fresh task that learns as it goes.
+
+        A fresh task started at observation j predicts observation i >= j from its counts of
+        observations [j, i): a level's probability is (matches + prior) / (i - j + levels * prior).
+        """
+        window = len(observations)
+        log_match = np.log(np.arange(window) + self.prior)  # log(matches + prior)
+        in_suffix = np.zeros((window, window), dtype=bool)
+        log_likelihoods = np.zeros((window, window))  # [j, i]: observation i under the task started at j
+        for i in range(window):
+            matches = np.zeros(self.num_pixels, dtype=np.intp)  # per pixel: observations in [j, i) equal to i
+            for j in range(i, -1, -1):
+                if j < i:
+                    matches += observations[j] == observations[i]
+                normaliser = self.num_pixels * math.log(i - j + self.levels * self.prior)
+                log_likelihoods[j, i] = log_match[matches].sum() - normaliser
+                in_suffix[j, i] = True
+        return np.where(in_suffix, self._with_outliers(log_likelihoods), 0.0).sum(axis=1)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _add_observation(self, observation: np.ndarray) -> None:
+        self._pending.append(observation)
+        self._observations_seen += 1
+        if len(self._pending) == self.window:
+            self._decide_window(np.stack(self._pending))
+            self._pending = []
+
+    def _decide_window(self, observations: np.ndarray) -> None:
+        """Pick the best of: stay with the current task, or switch to task k before observation j."""
+        if self._current_task < 0:  # the very first window: a new task is the only candidate
+            self._current_task = self._spawn_task()
+            self._update_task(self._current_task, observations)
+            return
+
+        window = len(observations)
+        scores = self._with_outliers(self._score(observations))  # (window, tasks)
+        current = self._current_task
+        prefix = np.concatenate(([0.0], np.cumsum(scores[:, current])))  # prefix[j]: current task on [0, j)
+        suffix = np.cumsum(scores[::-1], axis=0)[::-1]  # suffix[j, k]: task k on [j, window)
+        suffix = np.column_stack([suffix, self._new_task_suffix_scores(observations)])  # last column: new task
+
+        # Observation j of the window is the t-th overall (t >= 2 here: a task exists), and
+        # alpha_t = 1/t is the probability that the task switched just before it.
+        t = self._observations_seen - window + 1 + np.arange(window)
+        log_stay = np.log1p(-1.0 / t)
+        log_switch = -np.log(t)
+        stay_score = prefix[-1] + log_stay.sum()
+        switch_scores = prefix[:-1, None] + suffix + (log_stay.sum() - log_stay + log_switch)[:, None]
+        switch_scores[:, current] = -np.inf  # "switching" to the current task is staying
+
+        position, target = np.unravel_index(np.argmax(switch_scores), switch_scores.shape)
+        if switch_scores[position, target] <= stay_score:  # ties keep the current task
+            self._update_task(current, observations)
+            return
+        if target == self.num_tasks:
+            target = self._spawn_task()
+        self._update_task(current, observations[:position])
+        self._update_task(target, observations[position:])
+        self._current_task = int(target)
+
+    # ------------------------------------------------------------------ the task models
+
+    def _install_tasks(self, counts: np.ndarray, totals: np.ndarray) -> None:
+        """Set counts (tasks, pixels * levels) and per-task totals, rebuilding the cached logs."""
+        self._counts = counts
+        self._totals = totals
+        # log(count + prior) with tasks on the last axis: scoring gathers one row per (pixel, level).
+        self._log_table = np.ascontiguousarray(np.log(counts + self.prior).T)
+        self._refresh_normalisers()
+
+    def _refresh_normalisers(self) -> None:
+        # Every pixel of a task has the same total, so one normaliser per task covers all pixels.
+        self._log_normalisers = self.num_pixels * np.log(self._totals + self.levels * self.prior)
+
+    def _spawn_task(self) -> int:
+        empty_row = np.zeros((1, self._counts.shape[1]))
+        self._install_tasks(np.vstack([self._counts, empty_row]), np.append(self._totals, 0.0))
+        return self.num_tasks - 1
+
+    def _update_task(self, task: int, observations: np.ndarray) -> None:
+        """Add the observations to `task`'s counts and refresh its cached logs."""
+        if len(observations) == 0:
+            return
+        counts = self._counts[task]  # a view: updates land in self._counts
+        for indices in observations:  # distinct within one observation, so += is safe
+            counts[indices] += 1.0
+        self._totals[task] += len(observations)
+        if self.count_cap is not None and self._totals[task] >= self.count_cap:
+            counts *= 0.5
+            self._totals[task] *= 0.5
+            self._log_table[:, task] = np.log(counts + self.prior)
+        else:
+            touched = observations.ravel()
+            self._log_table[touched, task] = np.log(counts[touched] + self.prior)
+        self._refresh_normalisers()  # for all tasks: the same arithmetic as after load_state_dict
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "observe_every": self.observe_every,
+            "downscale": self.downscale,
+            "levels": self.levels,
+            "prior": self.prior,
+            "count_cap": self.count_cap,
+            "outlier_prob": self.outlier_prob,
+        }
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_state_version(state: Any) -> None:
+    if not isinstance(state, dict) or state.get("version") != _STATE_VERSION or "config" not in state:
+        raise UsageError(f"not a ForgetMeNot state_dict (version {_STATE_VERSION} expected)")
+
+
+def _check_frames(frames: Any, *, batched: bool) -> None:
+    expected = "(N, 84, 84)" if batched else "(84, 84)"
+    if not isinstance(frames, np.ndarray):
+        raise UsageError(f"frames must be a numpy uint8 array of shape {expected}, got {type(frames).__name__}")
+    if frames.ndim != (3 if batched else 2) or frames.shape[-2:] != FRAME_SHAPE:
+        hint = " (use observe_batch for several frames)" if not batched and frames.ndim == 3 else ""
+        raise UsageError(f"frame shape must be {expected} (preprocessed luminance), got {frames.shape}{hint}")
+    if frames.dtype != np.uint8:
+        raise UsageError(f"frames must be uint8 luminance (0-255) as envs.atari produces, got dtype {frames.dtype}")

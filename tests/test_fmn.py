@@ -1,0 +1,217 @@
+"""Forget-me-not task inference on real frames of ALE games played by a random policy."""
+from __future__ import annotations
+
+import io
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import UsageError
+from envs.atari import AtariSettings, make_atari_env
+from fmn import ForgetMeNot
+
+GAMES = ("Pong", "Breakout", "SpaceInvaders", "Boxing", "Freeway")
+VISITS = ("Pong", "Breakout", "SpaceInvaders", "Boxing", "Freeway", "Pong", "SpaceInvaders", "Breakout")
+VISIT_FRAMES = 300  # not a multiple of a window (16 frames): switches fall inside windows
+WINDOW_FRAMES = 4 * 4  # default window (4 observations) x observe_every (4 frames)
+
+
+def play(game: str, num_frames: int, seed: int) -> np.ndarray:
+    env = make_atari_env(game, seed=seed, settings=AtariSettings())
+    frames = np.empty((num_frames, 84, 84), dtype=np.uint8)
+    for i in range(num_frames):
+        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        frames[i] = frame
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def game_frames() -> dict[str, np.ndarray]:
+    """Consecutive frames per game, enough for all its visits (a revisit continues the same play)."""
+    visits_per_game = Counter(VISITS)
+    return {game: play(game, visits_per_game[game] * VISIT_FRAMES, seed=i) for i, game in enumerate(GAMES)}
+
+
+@pytest.fixture(scope="module")
+def stream(game_frames) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, true game of each frame) for the visits A B C D E A C B."""
+    used = Counter()
+    frames, truth = [], []
+    for game in VISITS:
+        frames.append(game_frames[game][used[game] : used[game] + VISIT_FRAMES])
+        used[game] += VISIT_FRAMES
+        truth += [game] * VISIT_FRAMES
+    return np.concatenate(frames), np.array(truth)
+
+
+@pytest.fixture(scope="module")
+def stream_labels(stream) -> np.ndarray:
+    frames, _ = stream
+    fmn = ForgetMeNot()
+    return np.array([fmn.observe(frame) for frame in frames])
+
+
+def adjusted_rand_index(truth: np.ndarray, labels: np.ndarray) -> float:
+    """Hubert & Arabie's ARI: pair-counting agreement of two partitions, 0 for chance, 1 for identical."""
+    _, truth_ids = np.unique(truth, return_inverse=True)
+    _, label_ids = np.unique(labels, return_inverse=True)
+    contingency = np.zeros((truth_ids.max() + 1, label_ids.max() + 1))
+    np.add.at(contingency, (truth_ids, label_ids), 1)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1) / 2).sum())
+
+    together_in_both = pairs(contingency)
+    together_in_truth, together_in_labels = pairs(contingency.sum(1)), pairs(contingency.sum(0))
+    expected = together_in_truth * together_in_labels / pairs(np.array([len(truth)]))
+    best = (together_in_truth + together_in_labels) / 2
+    return (together_in_both - expected) / (best - expected)
+
+
+def majority_id(labels: np.ndarray) -> int:
+    return Counter(labels.tolist()).most_common(1)[0][0]
+
+
+def test_adjusted_rand_index_helper():
+    assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([5, 5, 3, 3])) == pytest.approx(1.0)
+    # Worked by hand: 1 pair together in both, 2 in truth, 1 in labels, 6 pairs in all.
+    assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(4 / 7)
+    assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) < 0
+
+
+def test_a_stream_of_games_is_segmented_into_the_games(stream, stream_labels):
+    _, truth = stream
+    assert adjusted_rand_index(truth, stream_labels) >= 0.9
+    assert len(set(stream_labels.tolist())) == len(GAMES)  # no junk tasks, no merged games
+
+
+def test_every_switch_is_detected_within_two_windows(stream, stream_labels):
+    _, truth = stream
+    id_of = {game: majority_id(stream_labels[truth == game]) for game in GAMES}
+    for switch in range(VISIT_FRAMES, len(truth), VISIT_FRAMES):
+        new_game = truth[switch]
+        hits = np.flatnonzero(stream_labels[switch : switch + VISIT_FRAMES] == id_of[new_game])
+        assert hits.size, f"switch to {new_game} at frame {switch} never detected"
+        assert hits[0] <= 2 * WINDOW_FRAMES, f"switch to {new_game} at frame {switch} detected after {hits[0]} frames"
+
+
+def test_returning_to_a_game_gives_back_its_id(stream, stream_labels):
+    _, truth = stream
+    first_id: dict[str, int] = {}
+    for visit, game in enumerate(VISITS):
+        visit_labels = stream_labels[visit * VISIT_FRAMES : (visit + 1) * VISIT_FRAMES]
+        visit_id = majority_id(visit_labels)
+        first_id.setdefault(game, visit_id)
+        assert visit_id == first_id[game], f"visit {visit} to {game} got id {visit_id}, first visit {first_id[game]}"
+    assert sorted(first_id.values()) == list(range(len(GAMES)))  # ids 0..4, one per game, in order of discovery
+    assert [first_id[game] for game in GAMES] == list(range(len(GAMES)))
+
+
+def test_observe_batch_matches_observe(stream, stream_labels):
+    frames, _ = stream
+    fmn = ForgetMeNot()
+    labels = []
+    for start, stop in [(0, 7), (7, 333), (333, 334), (334, 1001), (1001, len(frames))]:  # odd splits
+        labels += fmn.observe_batch(frames[start:stop])
+    assert labels == stream_labels.tolist()
+    assert fmn.observe_batch(frames[:0]) == []
+
+
+def test_state_round_trip_continues_with_identical_decisions(stream):
+    frames, _ = stream
+    cut = 1234  # mid-window and mid observe_every period, with several tasks known
+    original = ForgetMeNot()
+    original.observe_batch(frames[:cut])
+    state = original.state_dict()
+    for name, value in state.items():
+        assert isinstance(value, (np.ndarray, int, float, dict)), f"{name} is {type(value).__name__}"
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    from_torch = ForgetMeNot.from_state_dict(torch.load(buffer, weights_only=False))
+    from_pickle = ForgetMeNot()
+    from_pickle.load_state_dict(pickle.loads(pickle.dumps(state)))
+
+    rest = frames[cut:]
+    expected = [original.observe(frame) for frame in rest]
+    assert len(set(expected)) > 1  # the continuation has switches to get right
+    assert [from_torch.observe(frame) for frame in rest] == expected
+    assert from_pickle.observe_batch(rest) == expected
+    assert from_pickle.num_tasks == original.num_tasks
+    np.testing.assert_allclose(from_pickle.log_likelihoods(frames[0]), original.log_likelihoods(frames[0]), rtol=1e-12)
+
+
+def test_load_state_dict_rejects_another_configuration(stream):
+    frames, _ = stream
+    fmn = ForgetMeNot()
+    fmn.observe_batch(frames[:100])
+    with pytest.raises(UsageError, match="config"):
+        ForgetMeNot(levels=16).load_state_dict(fmn.state_dict())
+    with pytest.raises(UsageError):
+        ForgetMeNot().load_state_dict({"counts": np.zeros(3)})
+
+
+def test_a_one_frame_flash_does_not_make_a_task(game_frames):
+    frames = game_frames["Pong"][:400].copy()
+    flash = 16 * 10 + 12  # the last observation of a window: the hardest place for an outlier
+    frames[flash] = 236  # a white screen, like an explosion flash in BeamRider or DemonAttack
+    fmn = ForgetMeNot()
+    labels = fmn.observe_batch(frames)
+    assert fmn.num_tasks == 1 and set(labels) == {0}
+
+
+def test_a_black_background_game_is_not_explained_by_another():
+    """SpaceInvaders shares most of its black screen with Gopher and Asterix; they must stay apart."""
+    fmn = ForgetMeNot()
+    fmn.observe_batch(play("SpaceInvaders", 300, seed=7))
+    labels = fmn.observe_batch(play("Asterix", 300, seed=7))
+    assert fmn.num_tasks == 2 and labels[-1] == 1
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((84, 84, 3), np.uint8), "shape"),
+        (np.zeros((42, 42), np.uint8), "shape"),
+        (np.zeros((2, 84, 84), np.uint8), "observe_batch"),
+        (np.zeros((84, 84), np.float32), "uint8"),
+        (np.zeros((84, 84), np.int64), "uint8"),
+        ([[0] * 84] * 84, "numpy"),
+    ],
+)
+def test_bad_frames_raise_usage_error(frame, message):
+    fmn = ForgetMeNot()
+    with pytest.raises(UsageError, match=message):
+        fmn.observe(frame)
+    with pytest.raises(UsageError):
+        fmn.log_likelihoods(frame)
+
+
+@pytest.mark.parametrize(
+    "frames", [np.zeros((84, 84), np.uint8), np.zeros((3, 84, 83), np.uint8), np.zeros((3, 84, 84), np.float64)]
+)
+def test_bad_batches_raise_usage_error(frames):
+    with pytest.raises(UsageError):
+        ForgetMeNot().observe_batch(frames)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(window=0), dict(observe_every=0), dict(downscale=5), dict(levels=1), dict(prior=0.0),
+     dict(count_cap=1), dict(outlier_prob=1.0)],
+)
+def test_bad_options_raise_usage_error(options):
+    with pytest.raises(UsageError):
+        ForgetMeNot(**options)
+
+
+def test_usage_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        ForgetMeNot().observe(np.zeros((84, 84), np.float32))
