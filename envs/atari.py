@@ -96,6 +96,7 @@ def make_atari_env(game: str, *, seed: int | None = None, settings: AtariSetting
     import ale_py
 
     gym.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner per environment
     game = resolve_game(game)
     env = gym.make(
         f"ALE/{game}-v5",

@@ -87,6 +87,7 @@ class Trainer:
         self.interval = _Interval()
         self.last_metrics: dict[str, float] = {}
         self.last_eval: dict[str, Any] | None = None
+        self.eval_round: _EvalRound | None = None
         self.started = time.monotonic()
 
     # ---- output ---------------------------------------------------------------------------
@@ -177,11 +178,13 @@ class Trainer:
             actor.set_weights.remote(weights)
             actor.set_game.remote(visit.game, task)
         self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {task})")
+        if cfg.eval.every_frames and self.progress.frames == 0:
+            self._start_eval("initial")  # the untrained network's scores: the baseline of forward transfer
+            self.progress.next_eval_frame = cfg.eval.every_frames
 
         collects: dict[Any, tuple[int, int]] = {}  # stats ref -> (actor index, steps)
         adds: dict[Any, int] = {}  # add ref -> agent steps in it
         trains: list[Any] = []
-        self.eval_round: _EvalRound | None = None
         consolidations: list[Any] = []
         replay_size = 0
         last_sync = self.progress.updates_done
@@ -273,7 +276,7 @@ class Trainer:
                     actor.set_weights.remote(weights)
                 last_sync = self.progress.updates_done
             if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None:
-                self._start_eval("initial" if self.progress.frames == 0 else "periodic")
+                self._start_eval("periodic")
                 self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
             now = time.monotonic()
             if now - last_log >= cfg.logging.log_every_s:

@@ -1,0 +1,125 @@
+"""The plain classes behind the Ray actors, without Ray: env runner, learner service, consolidation."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from agents.network import shared_parameter_names
+from envs.runner import EnvRunner
+from training.config import load_config
+from training.services import ConsolidationService, LearnerService
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(
+        ROOT / "configs" / "smoke.yaml",
+        ["agent.learning_starts=50", "agent.fisher_minibatches=2", "agent.replay_capacity=2000",
+         "agent.network.channels=[4, 8, 8]", "agent.network.hidden=16"],
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_env_runner_ships_single_frames_and_switches_games(config):
+    runner = EnvRunner(0, 2, config.agent.network, config.env, seed=3)
+    runner.set_game("Pong", 0)
+    result = runner.collect(30, epsilon=1.0)
+    assert result.steps == 60 and result.game == "Pong" and result.task == 0
+    assert len(result.chunks) == 2
+    for (source, chunk) in result.chunks:
+        assert source[0] == 0 and chunk.frames.dtype == np.uint8 and chunk.frames.shape[1:] == (84, 84)
+        assert chunk.episode_starts[0]  # the first chunk opens the episode
+        assert chunk.num_transitions == 30
+    sources_before = {s for s, _ in result.chunks}
+    runner.set_game("Breakout", 1)
+    after = runner.collect(5, epsilon=1.0)
+    assert after.game == "Breakout" and after.task == 1
+    # a new visit gets new replay sources, so no episode is continued across games
+    assert sources_before.isdisjoint({s for s, _ in after.chunks})
+    assert all(chunk.episode_starts[0] for _, chunk in after.chunks)
+
+
+def test_greedy_actions_follow_the_network(config):
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=0)
+    with torch.no_grad():
+        runner.net.out_task.bias[0].zero_()
+        runner.net.out_task.bias[0, 7] = 100.0  # action 7 dominates for task 0
+    states = np.zeros((5, 4, 84, 84), dtype=np.uint8)
+    runner.net.set_task(0)
+    assert (runner.act(states, epsilon=0.0) == 7).all()
+    runner.net.set_task(1)
+    assert not (runner.act(states, epsilon=0.0) == 7).all()
+
+
+def test_task_switch_fisher_anchors_reach_the_learner(config):
+    learner = LearnerService(config)
+    consolidation = ConsolidationService(config)
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=1)
+    runner.set_game("Pong", 0)
+    for _ in range(2):
+        added = learner.add(0, runner.collect(60, epsilon=1.0).chunks)
+    assert added == {"task": 0, "replay_size": 120, "transitions": 60}
+    metrics = learner.train(0, 3)
+    assert metrics["updates"] == 3 and metrics["ewc_penalty"] == 0.0
+
+    # switch Pong -> Breakout: the finished task's Fisher, anchored at the learner's weights
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1)
+    assert anchors["tasks"] == [0] and anchors["fisher_task"] == 0 and anchors["fisher_mean"] > 0
+    assert set(anchors["ewc"]["precision"]) == set(shared_parameter_names(learner.learner.online))
+    weights = learner.weights()
+    for name, mean in anchors["ewc"]["mean"].items():
+        torch.testing.assert_close(mean, weights[name])
+    learner.set_anchors(anchors)
+    assert learner.learner.anchored_tasks == {0} and learner.learner.ewc_active()
+
+    runner.set_game("Breakout", 1)
+    learner.add(1, runner.collect(80, epsilon=1.0).chunks)
+    with torch.no_grad():  # move the shared weights off their anchors: the penalty must now count
+        learner.learner.online.fc.weight.add_(0.05)
+    metrics = learner.train(1, 2)
+    assert metrics["ewc_penalty"] > 0
+
+    # back to Pong: its own anchor is left out while it trains, Breakout's is in
+    anchors = consolidation.consolidate(learner.consolidation_inputs(1), current_task=0)
+    assert anchors["tasks"] == [1]
+    # the end of the schedule (no current task): both
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=-1)
+    assert anchors["tasks"] == [0, 1]
+
+
+def test_penalty_waits_for_the_frames_threshold(config):
+    strict = dataclasses.replace(config, agent=dataclasses.replace(config.agent, ewc_min_frames=10**9))
+    learner, consolidation = LearnerService(strict), ConsolidationService(strict)
+    runner = EnvRunner(0, 1, strict.agent.network, strict.env, seed=2)
+    runner.set_game("Pong", 0)
+    learner.add(0, runner.collect(70, epsilon=1.0).chunks)
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1)
+    assert anchors["tasks"] == []  # trained far fewer frames than ewc_min_frames
+    learner.set_anchors(anchors)
+    assert not learner.learner.ewc_active()
+
+
+def test_learner_state_round_trip_with_replay(config):
+    learner = LearnerService(config)
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=4)
+    runner.set_game("Pong", 0)
+    learner.add(0, runner.collect(60, epsilon=1.0).chunks)
+    learner.train(0, 2)
+    state = learner.state_dict(include_replay=True)
+    restored = LearnerService(config)
+    restored.load_state_dict(state)
+    assert restored.replay_sizes() == learner.replay_sizes() == {0: 60}
+    assert restored.learner.num_updates == 2
+    for name, value in learner.weights().items():
+        torch.testing.assert_close(restored.weights()[name], value)

@@ -1,0 +1,104 @@
+"""A real short `run.py train` on configs/smoke.yaml (local Ray, real ALE games) and `run.py eval` on its checkpoint."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from training import checkpoint
+
+METRIC_KEYS = {"env_steps", "env_steps_per_s", "updates", "updates_per_s", "task", "game", "loss", "ewc_penalty"}
+TENSORBOARD_TAGS = {
+    "episode_return/Breakout", "human_normalized/Breakout", "train/loss", "train/td_error", "train/ewc_penalty",
+    "train/epsilon", "replay/fill", "perf/env_steps_per_s", "perf/updates_per_s", "train/task",
+    "eval/Pong/score", "eval/Breakout/score", "eval/Pong/human_normalized", "eval/capped_human_normalized_sum",
+    "ewc/fisher_mean",
+}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_metrics_jsonl_has_the_documented_keys(tiny_run):
+    records = read_jsonl(tiny_run / "metrics.jsonl")
+    assert len(records) >= 3
+    for record in records:
+        assert METRIC_KEYS <= set(record)
+    last = records[-1]
+    assert last["frames"] >= 16_000 and last["updates"] > 0  # the whole schedule was played
+    assert {r["game"] for r in records} == {"Pong", "Breakout"}
+    assert {r["task"] for r in records} == {0, 1}
+    assert any(r["ewc_penalty"] > 0 for r in records)  # anchors arrived and the penalty counted
+
+
+def test_tensorboard_event_files_have_the_tags(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    assert TENSORBOARD_TAGS <= set(events.Tags()["scalars"])
+
+
+def test_schedule_switches_consolidate_and_evaluate(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["consolidations"] == 4  # three switches plus the end of the schedule
+    rounds = read_jsonl(tiny_run / "eval.jsonl")
+    assert rounds[0]["kind"] == "initial" and rounds[0]["frames"] == 0
+    visit_ends = [r for r in rounds if r["kind"] == "visit_end"]
+    assert [r["visit_index"] for r in visit_ends] == [0, 1, 2, 3]
+    for record in rounds:
+        assert set(record["games"]) == {"Pong", "Breakout"}
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["games"] == ["Pong", "Breakout"] and config["schedule"]["frames_per_visit"] == 4000
+    placement = json.loads((tiny_run / "actors.json").read_text())
+    assert {"learner", "consolidation", "env_actor_0", "env_actor_1"} <= set(placement)
+
+
+def test_checkpoint_holds_everything_to_resume(tiny_run):
+    files = checkpoint.list_checkpoints(tiny_run / "checkpoints")
+    assert 1 <= len(files) <= 3  # keep_checkpoints
+    path, state = checkpoint.resolve(tiny_run)
+    assert path == files[-1]
+    assert state["progress"]["frames"] >= 16_000 and state["progress"]["visit_index"] == 3
+    assert set(state["task_ids"]["ids"]) == {"Pong", "Breakout"}
+    learner = state["learner"]["learner"]
+    assert {"online", "target", "optimizer", "ewc", "anchored_tasks", "frames_per_task", "num_updates"} <= set(learner)
+    assert learner["anchored_tasks"] == [0, 1]
+    assert set(state["consolidation"]["terms"]) == {0, 1}
+    assert state["epsilon"]["steps"][0] > 0
+
+
+def test_eval_command_scores_every_game(tiny_run, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "eval", "--checkpoint", str(tiny_run), "--episodes", "1",
+         "--max-episode-frames", "400", "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["games"]) == {"Pong", "Breakout"}
+    for game in result["games"].values():
+        assert len(game["scores"]) == 1 and game["human_normalized"] is not None
+    expected = sum(min(g["human_normalized"], 1.0) for g in result["games"].values())
+    assert result["capped_sum"] == pytest.approx(expected)
+
+
+def test_eval_command_rejects_unknown_games_and_bad_checkpoints(tiny_run, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "run.py"), "eval", *args, "--json", str(tmp_path / "o.json")],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = run("--checkpoint", str(tiny_run), "--games", "Tennis")
+    assert proc.returncode == 2 and "no task for ['Tennis']" in proc.stderr
+    proc = run("--checkpoint", str(tiny_run), "--games", "Pongg")
+    assert proc.returncode == 2 and "close matches: Pong" in proc.stderr
+    broken = tmp_path / "ckpt_000000000001.pt"
+    broken.write_bytes(checkpoint.list_checkpoints(tiny_run / "checkpoints")[-1].read_bytes()[:1000])
+    proc = run("--checkpoint", str(broken))
+    assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
