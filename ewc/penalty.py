@@ -58,6 +58,7 @@ class EWCPenalty:
         self.mean: dict[str, Tensor] = {}  # mu = Fisher-weighted mean of the anchors
         self.residual = 0.0  # R summed over all elements, float64: only the penalty's value needs it
         self.num_tasks = 0
+        self._diffs: list[Tensor] | None = None  # scratch for add_gradient_, allocated once
 
     def _selected(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {n: t for n, t in tensors.items() if self._include is None or self._include(n)}
@@ -95,6 +96,7 @@ class EWCPenalty:
                 self.mean[name] = torch.where(total > 0, (a * m + b * n) / safe, n).float()
                 self.precision[name] = total.float()
         self.num_tasks += 1
+        self._diffs = None
 
     def penalty(self, model: nn.Module | Mapping[str, Tensor]) -> Tensor:
         """lambda/2 * sum_t F_t (theta - theta*_t)^2 as a differentiable scalar (0 before any task)."""
@@ -106,6 +108,35 @@ class EWCPenalty:
             quadratic = sum((a * (named[n] - self.mean[n]).square()).sum() for n, a in self.precision.items())
         except KeyError as err:
             raise UsageError(f"the model has no parameter {err} anchored by this EWC penalty") from None
+        return 0.5 * self.lam * (quadratic + self.residual)
+
+    @torch.no_grad()
+    def add_gradient_(self, model: nn.Module, *, with_value: bool = True) -> Tensor | None:
+        """Add the penalty's gradient lambda * A * (theta - mu) to the parameters' `.grad`; return its value.
+
+        The same gradient and value as `penalty(model).backward()`, in closed form with
+        preallocated buffers instead of an autograd graph: it is what a training loop calls
+        after the task loss's backward, where the penalty's cost per update matters. The value
+        costs two more passes over the parameters; `with_value=False` skips it (returns None).
+        """
+        if not self.precision:
+            return torch.zeros(()) if with_value else None
+        named = dict(model.named_parameters())
+        params = [named[n] for n in self.precision]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self._diffs is None or self._diffs[0].device != params[0].device:
+            self._diffs = [torch.empty_like(m) for m in self.mean.values()]
+        for p, m, d in zip(params, self.mean.values(), self._diffs):
+            torch.sub(p, m, out=d)
+        grads = [p.grad for p in params]
+        if not with_value:
+            torch._foreach_addcmul_(grads, list(self.precision.values()), self._diffs, value=self.lam)
+            return None
+        scaled = torch._foreach_mul(self._diffs, list(self.precision.values()))  # A (theta - mu)
+        torch._foreach_add_(grads, scaled, alpha=self.lam)
+        quadratic = torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(scaled, self._diffs)]).sum()
         return 0.5 * self.lam * (quadratic + self.residual)
 
     @torch.no_grad()
@@ -125,6 +156,7 @@ class EWCPenalty:
     def to(self, device: torch.device | str) -> EWCPenalty:
         self.precision = {n: t.to(device) for n, t in self.precision.items()}
         self.mean = {n: t.to(device) for n, t in self.mean.items()}
+        self._diffs = None
         return self
 
     def state_dict(self) -> dict[str, Any]:
@@ -153,3 +185,4 @@ class EWCPenalty:
         self.num_tasks, self.residual = num_tasks, residual
         self.precision = {n: t.to(device) for n, t in precision.items()}
         self.mean = {n: t.to(device) for n, t in mean.items()}
+        self._diffs = None

@@ -162,3 +162,25 @@ def test_fisher_overlap_properties():
     assert fisher_overlap({"w": a, "b": c}, {"w": a, "b": c}) == pytest.approx(1.0)
     with pytest.raises(UsageError):
         fisher_overlap(a, torch.zeros(4))
+
+
+def test_closed_form_gradient_matches_autograd():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    ewc = EWCPenalty(lam=7.0, include=lambda name: name.endswith("weight"))
+    for s in range(3):
+        ewc.consolidate(*random_task(model, s))
+    loss = model(torch.randn(8, 5)).square().mean()
+    loss.backward(retain_graph=True)
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    value = ewc.penalty(model)
+    value.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss.backward()
+    closed = ewc.add_gradient_(model)
+    torch.testing.assert_close(closed, value.detach())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n])
+        if n.endswith("bias"):  # not anchored: only the task loss's gradient
+            torch.testing.assert_close(p.grad, reference[n])

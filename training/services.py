@@ -45,12 +45,15 @@ class LearnerService:
     def train(self, task: int, num_updates: int) -> dict[str, float]:
         """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged."""
         sums: dict[str, float] = {}
-        for _ in range(num_updates):
-            metrics = self.learner.update(self.replay.sample(task, self.config.agent.batch_size), task)
+        for i in range(num_updates):
+            batch = self.replay.sample(task, self.config.agent.batch_size)
+            metrics = self.learner.update(batch, task, report_penalty=i == num_updates - 1)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
         averaged["updates"] = self.learner.num_updates
+        if num_updates:
+            averaged["ewc_penalty"] = metrics["ewc_penalty"]  # computed on the last update only (see Learner.update)
         averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
         return averaged
 
