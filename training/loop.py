@@ -76,8 +76,9 @@ class _EvalRound:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False):
+    def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False, stop_after_s: float | None = None):
         self.config = config
+        self.stop_after_s = stop_after_s  # wall-clock budget: stop cleanly (checkpoint, summary) when spent
         self.run_dir = run_dir
         self.quiet = quiet
         self.schedule = Schedule(config.games, config.schedule)
@@ -192,9 +193,14 @@ class Trainer:
         steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
         max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
         idle = set(range(len(self.actors)))
-        switching = False
+        switching = stopping = False
 
         while True:
+            if self.stop_after_s is not None and time.monotonic() - self.started >= self.stop_after_s:
+                stopping = True
+            if stopping and not collects and not adds:
+                self.say(f"time limit of {self.stop_after_s:g} s reached: stopping")
+                break
             next_visit = self.schedule.visit_at(self.progress.frames)
             if next_visit is None or next_visit.index != visit.index:
                 switching = True
@@ -224,7 +230,7 @@ class Trainer:
             in_flight = sum(steps for _, steps in collects.values())
             lag = self.progress.trainable_steps - self.progress.updates_done * agent.update_period
             for i in sorted(idle):
-                if switching or (learning and lag + in_flight >= max_lag):
+                if switching or stopping or (learning and lag + in_flight >= max_lag):
                     break
                 eps = self.epsilon.value(task)
                 stats_ref, chunks_ref = self.actors[i].collect_split.remote(cfg.actors.chunk_steps, eps)
@@ -298,6 +304,7 @@ class Trainer:
         path = self._checkpoint()
         summary = {
             "run_dir": str(self.run_dir),
+            "completed": not stopping,
             "checkpoint": str(path),
             "frames": self.progress.frames,
             "env_steps": self.progress.steps,

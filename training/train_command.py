@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray instance")
     parser.add_argument("--logdir", default="runs", help="parent directory of the run directory (default: runs)")
+    parser.add_argument("--stop-after-s", type=float, default=None, metavar="SECONDS",
+                        help="stop cleanly (checkpoint and summary written) after this much wall time")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -55,11 +57,13 @@ def main(args: argparse.Namespace) -> int:
 
     from training.loop import Trainer
 
+    if args.stop_after_s is not None and args.stop_after_s <= 0:
+        raise UsageError("--stop-after-s must be positive")
     config = load_config(args.config, args.overrides)
     run_dir = new_run_dir(Path(args.logdir), config.run_name)
     init_ray(args.address)
     try:
-        trainer = Trainer(config, run_dir, quiet=args.quiet)
+        trainer = Trainer(config, run_dir, quiet=args.quiet, stop_after_s=args.stop_after_s)
         trainer.say(f"run directory {run_dir}")
         trainer.run()
     finally:
