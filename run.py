@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from common.errors import UsageError
+from common.errors import RunAborted, UsageError
 
 # name -> (module, one-line help). The module's docstring is the command's long help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mnist": ("experiments.permuted_mnist", "permuted-MNIST continual learning: SGD vs L2 vs EWC (paper Fig. 2A/2B)"),
     "overlap": ("experiments.fisher_overlap", "Fisher overlap vs depth for similar and dissimilar tasks (paper Fig. 2C)"),
     "patterns": ("experiments.random_patterns", "random-pattern memory capacity: tuned GD vs EWC (paper's SNR analysis)"),
+    "report": ("reporting.report", "plots, HTML page and continual-learning metrics of training runs (paper Fig. 3A/3B)"),
+    "perturb": ("reporting.perturb", "score under weight noise: uniform vs inverse-Fisher vs Fisher nullspace (paper Fig. 3C)"),
 }
 
 
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"run.py {name}: error: {err}", file=sys.stderr)
         return 2
+    except RunAborted as err:
+        print(f"run.py {name}: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"run.py {name}: interrupted", file=sys.stderr)
         return 130

@@ -53,6 +53,7 @@ class DQNConfig:
     max_grad_norm: float = 10.0  # global-norm clipping of the full gradient (our choice, see module doc)
     huber_delta: float = 1.0
     target_update_period: int = 7_500  # learner updates between target-network syncs
+    max_nonfinite_in_a_row: int = 100  # skipped NaN/inf updates in a row before the run is stopped
     # Used by the driver, named here so that every DQN hyper-parameter lives in one place:
     update_period: int = 4  # agent steps per learner update
     learning_starts: int = 50_000  # transitions in a task's buffer before it is trained on
@@ -308,6 +309,7 @@ class Learner:
         self.frames_per_task: dict[int, int] = {}
         self.num_updates = 0  # optimizer steps taken
         self.num_skipped = 0  # updates skipped for a non-finite loss or gradient
+        self.nonfinite_in_a_row = 0
         self.last_penalty = torch.zeros((), device=self.device)  # the EWC penalty's latest computed value
 
     # ---- training ------------------------------------------------------------------------
@@ -341,7 +343,9 @@ class Learner:
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf: the weights stay as they were
             self.num_skipped += 1
+            self.nonfinite_in_a_row += 1
         else:
+            self.nonfinite_in_a_row = 0
             self.optimizer.step()
             self.num_updates += 1
             if self.num_updates % cfg.target_update_period == 0:

@@ -7,3 +7,10 @@ It subclasses ValueError so library callers can catch it the usual way.
 
 class UsageError(ValueError):
     """Bad input (unknown game, malformed config or data, wrong shapes): say what and how to fix it."""
+
+
+class RunAborted(RuntimeError):
+    """A long run had to stop (an actor died, training diverged): the message says why and how to resume.
+
+    `run.py` prints it without a traceback and exits with code 1.
+    """

@@ -24,6 +24,7 @@ class CollectResult:
     game: str
     task: int
     steps: int  # agent steps taken, over all environments
+    fresh_actor: bool  # this runner had never received weights: e.g. Ray restarted the actor and it lost them
     chunks: list[tuple[tuple, TransitionChunk]]  # (replay source key, chunk) per environment
     episode_returns: list[float] = field(default_factory=list)  # raw (unclipped) game scores
     episode_frames: list[int] = field(default_factory=list)
@@ -50,6 +51,7 @@ class EnvRunner:
         self.rng = np.random.default_rng([seed, actor_id])
         self.game: str | None = None
         self.task = 0
+        self.has_weights = False
         self._visit = 0  # bumps at each game change: a new replay source, so no episode spans two visits
         self._envs: list = []
         self._stacks: list[FrameStack] = []
@@ -58,8 +60,13 @@ class EnvRunner:
         self._returns = np.zeros(num_envs)
         self._frames = np.zeros(num_envs, dtype=np.int64)
 
+    def reseed(self, seed: int, generation: int) -> None:
+        """New random streams (exploration, environment seeds), e.g. for a resumed run's actors."""
+        self.rng = np.random.default_rng([seed, self.actor_id, generation])
+
     def set_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state_dict)
+        self.has_weights = True
 
     def set_game(self, game: str, task: int) -> None:
         """Switch every environment to `game` (played as task id `task`) and start fresh episodes."""
@@ -93,11 +100,17 @@ class EnvRunner:
         actions[explore] = self.rng.integers(0, q.shape[1], size=int(explore.sum()))
         return actions
 
-    def collect(self, steps_per_env: int, epsilon: float) -> CollectResult:
-        """Play `steps_per_env` agent steps in every environment; return the chunks and finished episodes."""
+    def collect(self, steps_per_env: int, epsilon: float, game: str | None = None, task: int = 0) -> CollectResult:
+        """Play `steps_per_env` agent steps in every environment; return the chunks and finished episodes.
+
+        `game` and `task`, when given, switch first (a no-op when already playing them): a caller
+        that always passes them gets correct chunks even from an actor Ray has just restarted.
+        """
+        if game is not None:
+            self.set_game(game, task)
         if self.game is None:
             raise RuntimeError("EnvRunner.collect before set_game")
-        result = CollectResult(game=self.game, task=self.task, steps=0, chunks=[])
+        result = CollectResult(game=self.game, task=self.task, steps=0, chunks=[], fresh_actor=not self.has_weights)
         for _ in range(steps_per_env):
             actions = self.act(self._states, epsilon)
             for i, env in enumerate(self._envs):

@@ -37,11 +37,13 @@ def test_shipped_configs_load_and_list_every_key(name):
 
 
 def test_overrides_and_game_names_are_normalised():
-    config = load_config(SMOKE, ["agent.ewc_lambda=50", "games=[space_invaders, pong]", "schedule.order=random"])
+    config = load_config(SMOKE, ["agent.ewc_lambda=50", "games=[space_invaders, pong]", "schedule.order=random",
+                                 "agent.learning_rate=1e-4", "schedule.frames_per_visit=2e4"])
     assert config.agent.ewc_lambda == 50.0
+    assert config.agent.learning_rate == 1e-4 and config.schedule.frames_per_visit == 20_000  # YAML 1.1 reads these as strings
     assert config.games == ("SpaceInvaders", "Pong")
     assert config.schedule.order == "random"
-    assert config.total_frames == 2 * 2 * config.schedule.frames_per_visit
+    assert config.total_frames == 2 * 2 * 20_000
 
 
 def set_key(data: dict, path: str, value) -> dict:
@@ -61,7 +63,7 @@ DELETE = object()
 MALFORMED = [
     ("agent.ewc_lamda", 3.0, r"unknown config key 'agent.ewc_lamda' \(did you mean 'ewc_lambda'\?\)"),
     ("shedule", {}, r"unknown config key 'shedule' \(did you mean 'schedule'\?\)"),
-    ("agent.batch_size", "32", r"'agent.batch_size' must be an integer, got '32'"),
+    ("agent.batch_size", "many", r"'agent.batch_size' must be an integer, got 'many'"),
     ("agent.batch_size", 32.5, r"'agent.batch_size' must be an integer"),
     ("agent.batch_size", True, r"'agent.batch_size' must be an integer"),
     ("agent.batch_size", 0, r"'agent.batch_size' must be positive"),

@@ -25,9 +25,9 @@ class _EnvActor(EnvRunner):
         super().__init__(*args, **kwargs)
 
     @ray.method(num_returns=2)
-    def collect_split(self, steps_per_env: int, epsilon: float):
+    def collect_split(self, steps_per_env: int, epsilon: float, game: str, task: int):
         """(small episode statistics for the driver, the chunks for the learner)."""
-        result = self.collect(steps_per_env, epsilon)
+        result = self.collect(steps_per_env, epsilon, game, task)
         chunks, result.chunks = result.chunks, []
         return result, chunks
 

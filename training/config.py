@@ -93,7 +93,7 @@ _POSITIVE = {
     "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "actors.num_env_actors",
     "actors.envs_per_actor", "actors.chunk_steps", "actors.weight_sync_updates", "actors.cpus_per_actor",
     "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s",
-    "logging.checkpoint_every_s", "logging.keep_checkpoints",
+    "logging.checkpoint_every_s", "logging.keep_checkpoints", "agent.max_nonfinite_in_a_row",
 }
 _NON_NEGATIVE = {
     "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",
@@ -141,6 +141,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise bad
         return value
+    if tp in (int, float) and isinstance(value, str):
+        # PyYAML follows YAML 1.1, which reads 1e-4 and 2e7 (no dot, no sign) as strings: accept them.
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():  # 2e7 in YAML

@@ -26,11 +26,11 @@ from typing import Any
 import yaml
 
 from agents.epsilon import TaskEpsilon
-from common.errors import UsageError
+from common.errors import RunAborted, UsageError
 from envs.scores import capped_sum, human_normalized
 from training import checkpoint
 from training.config import RunConfig, config_to_dict
-from training.schedule import Schedule, ScheduleTaskIds
+from training.schedule import Schedule, ScheduleTaskIds, Visit
 
 MAX_TRAIN_CALLS_IN_FLIGHT = 2  # keeps the learner busy while the driver handles the previous slice
 UPDATES_PER_SLICE = 16
@@ -50,7 +50,8 @@ class Progress:
     updates_done: int = 0
     next_eval_frame: int = 0
     consolidations: int = 0
-    lost_chunks: int = 0
+    lost_chunks: int = 0  # chunks lost with env actors that died
+    resumes: int = 0
 
 
 @dataclass
@@ -166,142 +167,96 @@ class Trainer:
             if resume_state is not None:
                 self._restore(resume_state)
             return self._loop(ray)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, UsageError):  # e.g. a checkpoint that does not fit the network
+                raise err.cause from None
+            raise RunAborted(f"an actor failed: {err}\n{self._resume_hint()}") from None
+        except ray.exceptions.RayActorError as err:
+            raise RunAborted(f"a Ray actor died ({type(err).__name__}): {str(err).splitlines()[0]}\n"
+                             f"{self._resume_hint()}") from None
         finally:
             self._close_outputs()
 
+    def _resume_hint(self) -> str:
+        files = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        if not files:
+            return "no checkpoint was written yet"
+        return f"last good checkpoint: {files[-1]}; continue with: python run.py train --resume {self.run_dir}"
+
     def _loop(self, ray) -> dict[str, Any]:
-        cfg = self.config
-        agent = cfg.agent
-        weights = self.learner.weights.remote()
-        visit = self.schedule.visit_at(self.progress.frames)
-        task = self.task_ids.task_for(visit.game)
-        for actor in self.actors:
-            actor.set_weights.remote(weights)
-            actor.set_game.remote(visit.game, task)
-        self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {task})")
+        cfg, agent = self.config, self.config.agent
+        self.weights = self.learner.weights.remote()
+        self.visit = self.schedule.visit_at(self.progress.frames)
+        self.task = self.task_ids.task_for(self.visit.game)
+        self._send_game_and_weights(range(len(self.actors)))
+        self.say(f"visit {self.visit.index + 1}/{len(self.schedule.visits)}: {self.visit.game} (task {self.task})")
         if cfg.eval.every_frames and self.progress.frames == 0:
             self._start_eval("initial")  # the untrained network's scores: the baseline of forward transfer
             self.progress.next_eval_frame = cfg.eval.every_frames
 
-        collects: dict[Any, tuple[int, int]] = {}  # stats ref -> (actor index, steps)
-        adds: dict[Any, int] = {}  # add ref -> agent steps in it
-        trains: list[Any] = []
-        consolidations: list[Any] = []
-        replay_size = 0
+        self.collects: dict[Any, tuple[int, int, Any]] = {}  # stats ref -> (actor index, steps, add ref)
+        self.adds: dict[Any, int] = {}  # learner.add ref -> agent steps in it
+        self.trains: list[Any] = []
+        self.consolidations: list[Any] = []
+        self.replay_size = 0  # of the current task's buffer, as the learner last reported it
+        self.idle = set(range(len(self.actors)))
         last_sync = self.progress.updates_done
         last_log = last_checkpoint = time.monotonic()
-        steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
-        max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
-        idle = set(range(len(self.actors)))
         switching = stopping = False
 
         while True:
             if self.stop_after_s is not None and time.monotonic() - self.started >= self.stop_after_s:
                 stopping = True
-            if stopping and not collects and not adds:
+            drained = not self.collects and not self.adds  # every chunk of the current visit is stored
+            if stopping and drained:
                 self.say(f"time limit of {self.stop_after_s:g} s reached: stopping")
                 break
             next_visit = self.schedule.visit_at(self.progress.frames)
-            if next_visit is None or next_visit.index != visit.index:
-                switching = True
-            if switching and not collects and not adds:
-                # all chunks of the old game are stored: evaluate the visit's final weights, then switch (or finish)
-                if cfg.eval.at_visit_end:
-                    self._finish_eval(ray)
-                    self._start_eval("visit_end")
-                if cfg.agent.ewc_enabled and replay_size >= agent.batch_size:
-                    inputs = self.learner.consolidation_inputs.remote(task)
-                    anchors = self.consolidator.consolidate.remote(inputs, -1 if next_visit is None else self.task_ids.task_for(next_visit.game))
-                    self.learner.set_anchors.remote(anchors)
-                    consolidations.append(anchors)
+            switching = switching or next_visit is None or next_visit.index != self.visit.index
+            if switching and drained:
+                self._end_visit(ray, next_visit)
                 if next_visit is None:
                     break
-                visit, switching = next_visit, False
-                task = self.task_ids.task_for(visit.game)
-                replay_size = 0
-                for actor in self.actors:
-                    actor.set_game.remote(visit.game, task)
-                self.progress.visit_index = visit.index
-                self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {task})")
-                self._checkpoint()
+                self._begin_visit(next_visit)
+                switching = False
                 last_checkpoint = time.monotonic()
 
-            learning = replay_size >= max(agent.learning_starts, agent.batch_size)
-            in_flight = sum(steps for _, steps in collects.values())
-            lag = self.progress.trainable_steps - self.progress.updates_done * agent.update_period
-            for i in sorted(idle):
-                if switching or stopping or (learning and lag + in_flight >= max_lag):
-                    break
-                eps = self.epsilon.value(task)
-                stats_ref, chunks_ref = self.actors[i].collect_split.remote(cfg.actors.chunk_steps, eps)
-                collects[stats_ref] = (i, steps_per_collect)
-                adds[self.learner.add.remote(task, chunks_ref)] = steps_per_collect
-                in_flight += steps_per_collect
-                idle.discard(i)
-
-            target = self.progress.trainable_steps // agent.update_period
-            while len(trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self.progress.updates_submitted < target:
-                n = min(UPDATES_PER_SLICE, target - self.progress.updates_submitted)
-                trains.append(self.learner.train.remote(task, n))
-                self.progress.updates_submitted += n
-
+            if not (switching or stopping):
+                self._launch_collects()
+            self._launch_trains()
             evals = self.eval_round.pending if self.eval_round else {}
-            pending = [*collects, *adds, *trains, *evals, *consolidations]
+            pending = [*self.collects, *self.adds, *self.trains, *evals, *self.consolidations]
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.5) if pending else ([], [])
             for ref in ready:
-                if ref in collects:
-                    i, _ = collects.pop(ref)
-                    idle.add(i)
-                    self._on_collect(ray, ref, i, task, weights)
-                elif ref in adds:
-                    steps = adds.pop(ref)
-                    try:
-                        added = ray.get(ref)
-                    except ray.exceptions.RayTaskError as err:  # the chunk of a crashed env actor
-                        if isinstance(err.cause, ray.exceptions.RayActorError):
-                            continue
-                        raise
-                    replay_size = added["replay_size"]
-                    if added["task"] == task and replay_size >= max(agent.learning_starts, agent.batch_size):
-                        self.progress.trainable_steps += added["transitions"]
-                elif ref in trains:
-                    trains.remove(ref)
-                    self._on_train(ray.get(ref))
-                elif ref in evals:
-                    self.eval_round.scores[evals.pop(ref)] = ray.get(ref)
-                    if not evals:
-                        self._on_eval(self.eval_round)
-                        self.eval_round = None
-                else:
-                    consolidations.remove(ref)
-                    self._on_consolidation(ray.get(ref))
+                self._handle(ray, ref)
 
             if self.progress.updates_done - last_sync >= cfg.actors.weight_sync_updates:
-                weights = self.learner.weights.remote()
+                self.weights = self.learner.weights.remote()
                 for actor in self.actors:
-                    actor.set_weights.remote(weights)
+                    actor.set_weights.remote(self.weights)
                 last_sync = self.progress.updates_done
             if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None:
                 self._start_eval("periodic")
                 self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
             now = time.monotonic()
             if now - last_log >= cfg.logging.log_every_s:
-                self._log(task, visit.game, replay_size)
+                self._log()
                 last_log = now
             if now - last_checkpoint >= cfg.logging.checkpoint_every_s:
                 self._checkpoint()
                 last_checkpoint = now
 
-        for ref in trains:
+        for ref in self.trains:
             self._on_train(ray.get(ref))
-        for ref in consolidations:
+        for ref in self.consolidations:
             self._on_consolidation(ray.get(ref))
         self._finish_eval(ray)
         if cfg.eval.every_frames and not cfg.eval.at_visit_end:  # the last visit_end round already scored these weights
             self._start_eval("final")
             self._finish_eval(ray)
-        self._log(task, visit.game, replay_size)
+        self._log()
         path = self._checkpoint()
+        elapsed = time.monotonic() - self.started
         summary = {
             "run_dir": str(self.run_dir),
             "completed": not stopping,
@@ -309,29 +264,124 @@ class Trainer:
             "frames": self.progress.frames,
             "env_steps": self.progress.steps,
             "updates": self.progress.updates_done,
-            "wall_s": round(time.monotonic() - self.started, 1),
-            "env_steps_per_s": self.progress.steps / max(time.monotonic() - self.started, 1e-9),
+            "wall_s": round(elapsed, 1),
+            "env_steps_per_s": self.progress.steps / max(elapsed, 1e-9),
             "consolidations": self.progress.consolidations,
+            "lost_chunks": self.progress.lost_chunks,
+            "resumes": self.progress.resumes,
             "final_eval": self.last_eval,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.say(f"done: {self.progress.frames:,} frames, {self.progress.updates_done:,} updates in {summary['wall_s']} s")
         return summary
 
+    # ---- steps of the loop ----------------------------------------------------------------
+
+    def _send_game_and_weights(self, actor_indices) -> None:
+        for i in actor_indices:
+            self.actors[i].set_weights.remote(self.weights)
+            self.actors[i].set_game.remote(self.visit.game, self.task)
+
+    def _end_visit(self, ray, next_visit: Visit | None) -> None:
+        """Score the visit's final weights and consolidate its task (the Fisher is computed off the learner)."""
+        cfg = self.config
+        if cfg.eval.at_visit_end:
+            self._finish_eval(ray)
+            self._start_eval("visit_end")
+        if cfg.agent.ewc_enabled and self.replay_size >= cfg.agent.batch_size:
+            upcoming = -1 if next_visit is None else self.task_ids.task_for(next_visit.game)
+            inputs = self.learner.consolidation_inputs.remote(self.task)
+            anchors = self.consolidator.consolidate.remote(inputs, upcoming)
+            self.learner.set_anchors.remote(anchors)
+            self.consolidations.append(anchors)
+
+    def _begin_visit(self, visit: Visit) -> None:
+        self.visit, self.task = visit, self.task_ids.task_for(visit.game)
+        self.replay_size = 0
+        for actor in self.actors:
+            actor.set_game.remote(visit.game, self.task)
+        self.progress.visit_index = visit.index
+        self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {self.task})")
+        self._checkpoint()
+
+    def _learning(self) -> bool:
+        agent = self.config.agent
+        return self.replay_size >= max(agent.learning_starts, agent.batch_size)
+
+    def _launch_collects(self) -> None:
+        """Give idle actors a chunk to play, unless they would run ahead of the learner's replay ratio."""
+        cfg = self.config
+        steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
+        max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
+        in_flight = sum(steps for _, steps, _ in self.collects.values())
+        lag = self.progress.trainable_steps - self.progress.updates_done * cfg.agent.update_period
+        for i in sorted(self.idle):
+            if self._learning() and lag + in_flight >= max_lag:
+                break
+            stats_ref, chunks_ref = self.actors[i].collect_split.remote(
+                cfg.actors.chunk_steps, self.epsilon.value(self.task), self.visit.game, self.task
+            )
+            add_ref = self.learner.add.remote(self.task, chunks_ref)  # actor -> learner directly
+            self.collects[stats_ref] = (i, steps_per_collect, add_ref)
+            self.adds[add_ref] = steps_per_collect
+            in_flight += steps_per_collect
+            self.idle.discard(i)
+
+    def _launch_trains(self) -> None:
+        """Keep the learner busy with slices of updates, one per `update_period` trainable agent steps."""
+        target = self.progress.trainable_steps // self.config.agent.update_period
+        while len(self.trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self.progress.updates_submitted < target:
+            n = min(UPDATES_PER_SLICE, target - self.progress.updates_submitted)
+            self.trains.append(self.learner.train.remote(self.task, n))
+            self.progress.updates_submitted += n
+
+    def _handle(self, ray, ref) -> None:
+        if ref in self.collects:
+            i, _, add_ref = self.collects.pop(ref)
+            self.idle.add(i)
+            self._on_collect(ray, ref, i, add_ref)
+        elif ref in self.adds:
+            del self.adds[ref]
+            added = ray.get(ref)
+            self.replay_size = added["replay_size"]
+            if added["task"] == self.task and self._learning():
+                self.progress.trainable_steps += added["transitions"]
+        elif ref in self.trains:
+            self.trains.remove(ref)
+            self._on_train(ray.get(ref))
+        elif self.eval_round and ref in self.eval_round.pending:
+            game = self.eval_round.pending.pop(ref)
+            try:
+                self.eval_round.scores[game] = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.say(f"the evaluator died while playing {game}; this evaluation round is dropped")
+                self.eval_round = None
+                return
+            if not self.eval_round.pending:
+                self._on_eval(self.eval_round)
+                self.eval_round = None
+        else:
+            self.consolidations.remove(ref)
+            self._on_consolidation(ray.get(ref))
+
     # ---- event handlers -------------------------------------------------------------------
 
-    def _on_collect(self, ray, ref, actor_index: int, task: int, weights) -> None:
+    def _on_collect(self, ray, ref, actor_index: int, add_ref) -> None:
         try:
             result = ray.get(ref)
-        except ray.exceptions.RayActorError:
-            # The actor died mid-chunk; Ray restarts it (max_restarts): give it the game and weights again.
+        except ray.exceptions.RayActorError as err:
+            # The actor died mid-chunk. Ray restarts it (max_restarts); the chunk it was playing is lost
+            # (and so is the learner's add of it), nothing else: give the new actor the game and weights.
+            self.adds.pop(add_ref, None)
             self.progress.lost_chunks += 1
-            self.say(f"env actor {actor_index} died; its in-flight chunk is lost, restarting it")
-            actor = self.actors[actor_index]
-            actor.set_weights.remote(weights)
-            visit = self.schedule.visits[self.progress.visit_index]
-            actor.set_game.remote(visit.game, self.task_ids.task_for(visit.game))
+            self.say(f"env actor {actor_index} died ({type(err).__name__}); its in-flight chunk is lost "
+                     f"({self.progress.lost_chunks} so far); Ray restarts it")
+            self.writer.add_scalar("faults/lost_chunks", self.progress.lost_chunks, self.progress.frames)
+            self._send_game_and_weights([actor_index])
             return
+        if result.fresh_actor:  # Ray restarted this actor between two chunks: it plays with initial weights
+            self.say(f"env actor {actor_index} was restarted by Ray; sending it the current weights")
+            self.actors[actor_index].set_weights.remote(self.weights)
         self.progress.steps += result.steps
         self.progress.frames += result.steps * self.config.env.frame_skip
         self.progress.episodes += len(result.episode_returns)
@@ -343,8 +393,19 @@ class Trainer:
         done = int(metrics.pop("updates")) - self.progress.updates_done
         self.progress.updates_done += done
         self.interval.updates += done
+        in_a_row = int(metrics.pop("nonfinite_in_a_row"))
         for key, value in metrics.items():
             self.interval.train[key].append(value)
+        if metrics["skipped_nonfinite"]:
+            self.say(f"skipped {int(metrics['skipped_nonfinite'])} update(s) with a NaN/inf loss or gradient "
+                     f"({in_a_row} in a row)")
+        limit = self.config.agent.max_nonfinite_in_a_row
+        if in_a_row >= limit:
+            raise RunAborted(
+                f"{in_a_row} updates in a row had a NaN/inf loss or gradient (agent.max_nonfinite_in_a_row = {limit}): "
+                f"training has diverged (e.g. agent.learning_rate too high); skipped updates leave the weights "
+                f"unchanged. {self._resume_hint()}"
+            )
 
     def _on_consolidation(self, anchors: dict[str, Any]) -> None:
         self.progress.consolidations += 1
@@ -393,7 +454,8 @@ class Trainer:
         summary = ", ".join(f"{g} {v['score']:.1f}" for g, v in record["games"].items())
         self.say(f"eval ({round_.kind}) at {frame:,} frames: {summary} (capped normalised sum {record['capped_sum']:.2f})")
 
-    def _log(self, task: int, game: str, replay_size: int) -> None:
+    def _log(self) -> None:
+        task, game, replay_size = self.task, self.visit.game, self.replay_size
         interval, now = self.interval, time.monotonic()
         seconds = max(now - interval.start, 1e-9)
         mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
@@ -462,6 +524,7 @@ class Trainer:
         return checkpoint.save(self.run_dir / "checkpoints", state, self.progress.frames, keep=cfg.logging.keep_checkpoints)
 
     def _restore(self, state: dict) -> None:
+        """Continue a run from a checkpoint: counters, schedule position, epsilon timers, learner, anchors."""
         import ray
 
         self.progress = Progress(**state["progress"])
@@ -469,3 +532,14 @@ class Trainer:
         self.task_ids.load_state_dict(state["task_ids"])
         ray.get([self.learner.load_state_dict.remote(state["learner"]),
                  self.consolidator.load_state_dict.remote(state["consolidation"])])
+        # The checkpoint's learner state includes updates the driver had not counted yet.
+        self.progress.updates_done = self.progress.updates_submitted = state["learner"]["learner"]["num_updates"]
+        self.progress.resumes += 1
+        for i, actor in enumerate(self.actors):  # fresh exploration streams, not a replay of the first run's
+            actor.reseed.remote(self.config.seed, self.progress.resumes)
+        visit = self.schedule.visit_at(self.progress.frames)
+        where = "the end of the schedule" if visit is None else f"visit {visit.index + 1} ({visit.game})"
+        self.say(f"resumed from {self.progress.frames:,} frames, {self.progress.updates_done:,} updates, at {where}")
+        if "replay" not in state["learner"]:
+            self.say("the replay buffers were not saved with the checkpoint (logging.checkpoint_replay: false): "
+                     "refilling them; learning resumes once the current task's buffer holds agent.learning_starts transitions")

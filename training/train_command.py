@@ -4,6 +4,7 @@ Examples:
   python run.py train --config configs/smoke.yaml
   python run.py train --config configs/paper.yaml --set agent.ewc_lambda=100 --logdir runs
   python run.py train --config configs/paper.yaml --address auto      # join a running Ray cluster
+  python run.py train --resume runs/paper                              # continue after a crash or a kill
 
 Writes to LOGDIR/<run_name>/: config.yaml (resolved), metrics.jsonl, eval.jsonl, TensorBoard
 event files (tensorboard --logdir LOGDIR), checkpoints/ and summary.json.
@@ -19,7 +20,9 @@ from training.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--config", help="YAML run config (see configs/); not with --resume")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue RUN_DIR from its last good checkpoint, with the config it was started with")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set agent.ewc_lambda=100 (repeatable)")
     parser.add_argument("--address", default=None,
@@ -55,17 +58,30 @@ def init_ray(address: str | None) -> None:
 def main(args: argparse.Namespace) -> int:
     import ray
 
+    from training import checkpoint
+    from training.config import apply_overrides, config_from_dict
     from training.loop import Trainer
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
         raise UsageError("--stop-after-s must be positive")
-    config = load_config(args.config, args.overrides)
-    run_dir = new_run_dir(Path(args.logdir), config.run_name)
+    if (args.config is None) == (args.resume is None):
+        raise UsageError("give either --config CONFIG (a new run) or --resume RUN_DIR (continue a run)")
+    resume_state = None
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "checkpoints").is_dir():
+            raise UsageError(f"{str(run_dir)!r} is not a run directory with checkpoints/")
+        _, resume_state = checkpoint.load_latest(run_dir / "checkpoints")
+        # --set may change how the run continues (e.g. logging), but not what the checkpoint holds.
+        config = config_from_dict(apply_overrides(resume_state["config"], args.overrides))
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir = new_run_dir(Path(args.logdir), config.run_name)
     init_ray(args.address)
     try:
         trainer = Trainer(config, run_dir, quiet=args.quiet, stop_after_s=args.stop_after_s)
         trainer.say(f"run directory {run_dir}")
-        trainer.run()
+        trainer.run(resume_state)
     finally:
         ray.shutdown()
     return 0
