@@ -199,6 +199,10 @@ class FrameReplay:
     def bytes_per_transition(self) -> float:
         return self.nbytes / self.capacity
 
+    def has_open_episode(self, source: Hashable) -> bool:
+        """Whether a chunk from `source` may continue an episode here (else it must start one)."""
+        return source in self._open_episodes
+
     # ---- writing -------------------------------------------------------------------------
 
     def start_episode(self, first_frame: np.ndarray, source: Hashable = 0) -> None:

@@ -52,6 +52,7 @@ Known behaviour (random-policy frames, default options):
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 from typing import Any
 
@@ -62,6 +63,19 @@ from common.errors import UsageError
 FRAME_SHAPE = (84, 84)
 _STATE_VERSION = 1
 _QUANTISE_CHUNK = 64  # observations quantised at once by observe_batch
+
+
+@dataclass(frozen=True)
+class FMNConfig:
+    """ForgetMeNot's options (see the class docstring); `count_cap: 0` disables the cap."""
+
+    window: int = 4
+    observe_every: int = 4
+    downscale: int = 2
+    levels: int = 32
+    prior: float = 1 / 32
+    count_cap: float = 1000.0
+    outlier_prob: float = 0.1
 
 
 class ForgetMeNot:
@@ -104,13 +118,13 @@ class ForgetMeNot:
     def __init__(
         self,
         *,
-        window: int = 4,
-        observe_every: int = 4,
-        downscale: int = 2,
-        levels: int = 32,
-        prior: float = 1 / 32,
-        count_cap: float | None = 1000.0,
-        outlier_prob: float = 0.1,
+        window: int = FMNConfig.window,
+        observe_every: int = FMNConfig.observe_every,
+        downscale: int = FMNConfig.downscale,
+        levels: int = FMNConfig.levels,
+        prior: float = FMNConfig.prior,
+        count_cap: float | None = FMNConfig.count_cap,
+        outlier_prob: float = FMNConfig.outlier_prob,
     ):
         if not (_is_integer(window) and window >= 1):
             raise UsageError(f"window must be an integer >= 1, got {window!r}")
@@ -238,6 +252,12 @@ class ForgetMeNot:
         self._frames_seen = int(state["frames_seen"])
         self._observations_seen = int(state["observations_seen"])
         self._current_task = int(state["current_task"])
+
+    @classmethod
+    def from_config(cls, config: FMNConfig) -> ForgetMeNot:
+        options = asdict(config)
+        options["count_cap"] = options["count_cap"] or None
+        return cls(**options)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ForgetMeNot:

@@ -19,7 +19,7 @@ def smoke_data() -> dict:
     return yaml.safe_load(SMOKE.read_text())
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc"])
+@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc", "paper_fmn"])
 def test_shipped_configs_load_and_list_every_key(name):
     from dataclasses import asdict
 

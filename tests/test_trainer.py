@@ -102,3 +102,30 @@ def test_eval_command_rejects_unknown_games_and_bad_checkpoints(tiny_run, tmp_pa
     broken.write_bytes(checkpoint.list_checkpoints(tiny_run / "checkpoints")[-1].read_bytes()[:1000])
     proc = run("--checkpoint", str(broken))
     assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(tmp_path):
+    from tests.conftest import run_train
+
+    proc = run_train(tmp_path, [
+        "run_name=fmn", "task_inference=fmn", "schedule.frames_per_visit=3000", "agent.learning_starts=200",
+        "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.at_visit_end=false", "logging.log_every_s=1",
+    ])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "fmn"
+    confusion = json.loads((run_dir / "fmn_confusion.json").read_text())["frames"]
+    pong, breakout = confusion["Pong"], confusion["Breakout"]
+    pong_id, breakout_id = max(pong, key=pong.get), max(breakout, key=breakout.get)
+    assert pong_id != breakout_id  # two games, two tasks
+    # nearly every frame of each game got its game's id, over both visits (a return reuses the id)
+    assert pong[pong_id] >= 0.95 * sum(pong.values()) and breakout[breakout_id] >= 0.95 * sum(breakout.values())
+    assert proc.stderr.count("forget-me-not: task") >= 3  # every switch was detected, none told
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert {r["task"] for r in records if r["game"] == "Breakout" and r["frames"] > 4000} >= {int(breakout_id)}
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {"fmn/inferred_task", "fmn/true_game"} <= set(events.Tags()["scalars"])
+    assert "fmn/confusion/text_summary" in events.Tags()["tensors"]

@@ -24,6 +24,7 @@ from agents.dqn import DQNConfig
 from agents.epsilon import EpsilonConfig
 from common.errors import UsageError
 from envs.atari import AtariSettings
+from fmn import FMNConfig
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     games: tuple[str, ...] = ("Pong", "Breakout")
-    task_inference: Literal["schedule", "fmn"] = "schedule"
+    task_inference: Literal["schedule", "fmn"] = "schedule"  # fmn: task ids inferred from frames
+    fmn: FMNConfig = field(default_factory=FMNConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     env: AtariSettings = field(default_factory=AtariSettings)
     agent: DQNConfig = field(default_factory=DQNConfig)
@@ -90,18 +92,19 @@ _POSITIVE = {
     "schedule.repeats", "schedule.frames_per_visit", "env.frame_skip", "env.max_episode_frames",
     "agent.network.hidden", "agent.network.max_tasks", "agent.batch_size", "agent.learning_rate",
     "agent.rmsprop_eps", "agent.max_grad_norm", "agent.huber_delta", "agent.target_update_period",
-    "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "actors.num_env_actors",
+    "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "fmn.window", "fmn.observe_every",
+    "fmn.downscale", "fmn.levels", "fmn.prior", "actors.num_env_actors",
     "actors.envs_per_actor", "actors.chunk_steps", "actors.weight_sync_updates", "actors.cpus_per_actor",
     "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s",
     "logging.checkpoint_every_s", "logging.keep_checkpoints", "agent.max_nonfinite_in_a_row",
 }
 _NON_NEGATIVE = {
     "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",
-    "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames",
+    "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames", "fmn.count_cap",
 }
 _UNIT_INTERVAL = {
     "env.repeat_action_probability", "agent.gamma", "agent.rmsprop_alpha", "epsilon.start", "epsilon.end",
-    "epsilon.evaluation", "agent.ewc_online_gamma",
+    "epsilon.evaluation", "agent.ewc_online_gamma", "fmn.outlier_prob",
 }
 
 
@@ -221,6 +224,13 @@ def _check_ranges(config: RunConfig) -> None:
         raise UsageError("epsilon.end must not exceed epsilon.start")
     if agent.ewc_online_gamma != 1.0 and not agent.ewc_online:
         raise UsageError("agent.ewc_online_gamma only applies with agent.ewc_online: true")
+    if config.task_inference == "fmn":
+        from fmn import ForgetMeNot
+
+        try:
+            ForgetMeNot.from_config(config.fmn)
+        except UsageError as err:
+            raise UsageError(f"config section 'fmn': {err}") from None
     if not config.run_name or "/" in config.run_name:
         raise UsageError(f"run_name must be a non-empty name without '/', got {config.run_name!r}")
 

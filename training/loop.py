@@ -90,6 +90,9 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.last_eval: dict[str, Any] | None = None
         self.eval_round: _EvalRound | None = None
+        self.task = 0  # the task the agent trains now: the schedule's label, or forget-me-not's inferred id
+        # forget-me-not only: agent steps per (true game, inferred task), as the learner reported them
+        self.fmn_votes: dict[str, dict[int, int]] | None = {} if config.task_inference == "fmn" else None
         self.started = time.monotonic()
 
     # ---- output ---------------------------------------------------------------------------
@@ -187,7 +190,8 @@ class Trainer:
         cfg, agent = self.config, self.config.agent
         self.weights = self.learner.weights.remote()
         self.visit = self.schedule.visit_at(self.progress.frames)
-        self.task = self.task_ids.task_for(self.visit.game)
+        if self.fmn_votes is None:
+            self.task = self.task_ids.task_for(self.visit.game)
         self._send_game_and_weights(range(len(self.actors)))
         self.say(f"visit {self.visit.index + 1}/{len(self.schedule.visits)}: {self.visit.game} (task {self.task})")
         if cfg.eval.every_frames and self.progress.frames == 0:
@@ -256,6 +260,8 @@ class Trainer:
             self._finish_eval(ray)
         self._log()
         path = self._checkpoint()
+        if self.fmn_votes is not None:
+            self._write_confusion(ray)
         elapsed = time.monotonic() - self.started
         summary = {
             "run_dir": str(self.run_dir),
@@ -288,16 +294,31 @@ class Trainer:
         if cfg.eval.at_visit_end:
             self._finish_eval(ray)
             self._start_eval("visit_end")
-        if cfg.agent.ewc_enabled and self.replay_size >= cfg.agent.batch_size:
-            upcoming = -1 if next_visit is None else self.task_ids.task_for(next_visit.game)
+        if next_visit is None:
+            self._consolidate(upcoming=-1)
+        elif self.fmn_votes is None:  # true task labels: the schedule says the task changes here
+            self._consolidate(upcoming=self.task_ids.task_for(next_visit.game))
+        # with forget-me-not the agent is not told: it consolidates when FMN reports a new task id
+
+    def _consolidate(self, upcoming: int) -> None:
+        """Fisher of the current task (off the learner, on the consolidation actor); anchors go to the learner."""
+        if self.config.agent.ewc_enabled and self.replay_size >= self.config.agent.batch_size:
             inputs = self.learner.consolidation_inputs.remote(self.task)
             anchors = self.consolidator.consolidate.remote(inputs, upcoming)
             self.learner.set_anchors.remote(anchors)
             self.consolidations.append(anchors)
 
+    def _on_inferred_switch(self, new_task: int) -> None:
+        self.say(f"forget-me-not: task {self.task} -> {new_task} (true game {self.visit.game})")
+        self.writer.add_scalar("fmn/switches", 1, self.progress.frames)
+        self._consolidate(upcoming=new_task)
+        self.task, self.replay_size = new_task, 0
+
     def _begin_visit(self, visit: Visit) -> None:
-        self.visit, self.task = visit, self.task_ids.task_for(visit.game)
-        self.replay_size = 0
+        self.visit = visit
+        if self.fmn_votes is None:
+            self.task, self.replay_size = self.task_ids.task_for(visit.game), 0
+        # with forget-me-not the actors go on with the current task id until FMN reports a change
         for actor in self.actors:
             actor.set_game.remote(visit.game, self.task)
         self.progress.visit_index = visit.index
@@ -321,7 +342,7 @@ class Trainer:
             stats_ref, chunks_ref = self.actors[i].collect_split.remote(
                 cfg.actors.chunk_steps, self.epsilon.value(self.task), self.visit.game, self.task
             )
-            add_ref = self.learner.add.remote(self.task, chunks_ref)  # actor -> learner directly
+            add_ref = self.learner.add.remote(self.task, chunks_ref, self.visit.game)  # actor -> learner directly
             self.collects[stats_ref] = (i, steps_per_collect, add_ref)
             self.adds[add_ref] = steps_per_collect
             in_flight += steps_per_collect
@@ -343,9 +364,15 @@ class Trainer:
         elif ref in self.adds:
             del self.adds[ref]
             added = ray.get(ref)
-            self.replay_size = added["replay_size"]
-            if added["task"] == self.task and self._learning():
-                self.progress.trainable_steps += added["transitions"]
+            if self.fmn_votes is not None:
+                votes = self.fmn_votes.setdefault(self.visit.game, {})
+                votes[added["task"]] = votes.get(added["task"], 0) + added["transitions"]
+                if added["task"] != self.task:
+                    self._on_inferred_switch(added["task"])
+            if added["task"] == self.task:
+                self.replay_size = added["replay_size"]
+                if self._learning():
+                    self.progress.trainable_steps += added["transitions"]
         elif ref in self.trains:
             self.trains.remove(ref)
             self._on_train(ray.get(ref))
@@ -420,11 +447,21 @@ class Trainer:
         self.evaluator.set_weights.remote(self.learner.weights.remote())
         pending = {
             self.evaluator.evaluate.remote(
-                game, self.task_ids.task_for(game), cfg.eval.episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames
+                game, self._task_of(game), cfg.eval.episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames
             ): game
             for game in self.schedule.games()
         }
         self.eval_round = _EvalRound(kind, self.progress.frames, self.progress.visit_index, pending)
+
+    def _task_of(self, game: str) -> int:
+        """The task id whose gains and biases play `game`: the label, or FMN's most frequent id for it."""
+        if self.fmn_votes is None:
+            return self.task_ids.task_for(game)
+        votes = self.fmn_votes.get(game)
+        if votes:
+            return max(votes, key=votes.get)
+        used = {t for row in self.fmn_votes.values() for t in row}
+        return min(set(range(self.config.agent.network.max_tasks)) - used, default=0)  # an unseen game: fresh parameters
 
     def _finish_eval(self, ray) -> None:
         """Wait for the evaluation round in progress, if any, and record it."""
@@ -493,6 +530,9 @@ class Trainer:
                 w.add_scalar(f"train/{key}", record[key], step)
         w.add_scalar("train/epsilon", record["epsilon"], step)
         w.add_scalar("train/task", task, step)
+        if self.fmn_votes is not None:
+            w.add_scalar("fmn/inferred_task", task, step)
+            w.add_scalar("fmn/true_game", list(self.config.games).index(game), step)
         w.add_scalar("replay/fill", replay_size / self.config.agent.replay_capacity, step)
         w.add_scalar("perf/env_steps_per_s", record["env_steps_per_s"], step)
         w.add_scalar("perf/updates_per_s", record["updates_per_s"], step)
@@ -507,6 +547,18 @@ class Trainer:
         )
         self.interval = _Interval()
 
+    def _write_confusion(self, ray) -> None:
+        """Frames per true game and inferred task: fmn_confusion.json and a TensorBoard text table."""
+        confusion = ray.get(self.learner.fmn_confusion.remote())
+        tasks = sorted({t for row in confusion.values() for t in row})
+        (self.run_dir / "fmn_confusion.json").write_text(json.dumps(
+            {"tasks": tasks, "frames": {g: {str(t): n for t, n in row.items()} for g, row in confusion.items()}}, indent=2))
+        header = "| game | " + " | ".join(f"task {t}" for t in tasks) + " |"
+        rows = [f"| {g} | " + " | ".join(str(row.get(t, 0)) for t in tasks) + " |" for g, row in confusion.items()]
+        table = "\n".join([header, "|---" * (len(tasks) + 1) + "|", *rows])
+        self.writer.add_text("fmn/confusion", table, self.progress.frames)
+        self.say("forget-me-not confusion (frames per true game x inferred task):\n" + table)
+
     # ---- checkpoints ----------------------------------------------------------------------
 
     def _checkpoint(self) -> Path:
@@ -518,6 +570,8 @@ class Trainer:
             "progress": dataclasses.asdict(self.progress),
             "epsilon": self.epsilon.state_dict(),
             "task_ids": self.task_ids.state_dict(),
+            "fmn_votes": self.fmn_votes,
+            "current_task": self.task,
             "learner": ray.get(self.learner.state_dict.remote(cfg.logging.checkpoint_replay)),
             "consolidation": ray.get(self.consolidator.state_dict.remote()),
         }
@@ -530,6 +584,9 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.epsilon.load_state_dict(state["epsilon"])
         self.task_ids.load_state_dict(state["task_ids"])
+        if self.fmn_votes is not None:
+            self.fmn_votes = {g: {int(t): n for t, n in row.items()} for g, row in (state.get("fmn_votes") or {}).items()}
+            self.task = int(state.get("current_task", 0))
         ray.get([self.learner.load_state_dict.remote(state["learner"]),
                  self.consolidator.load_state_dict.remote(state["consolidation"])])
         # The checkpoint's learner state includes updates the driver had not counted yet.

@@ -12,6 +12,7 @@ consolidated task except the one now being trained, once it was trained
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ from torch import Tensor
 from agents.dqn import Learner, q_network_fisher
 from agents.network import QNetwork, shared_parameter_names
 from agents.replay import Batch, TaskReplay, TransitionChunk
+from common.errors import UsageError
 from ewc import EWCPenalty
+from fmn import ForgetMeNot
 from training.config import RunConfig
 
 
@@ -32,12 +35,35 @@ class LearnerService:
         agent = config.agent
         self.learner = Learner(agent, device=device, seed=config.seed)
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
+        self.fmn = ForgetMeNot.from_config(config.fmn) if config.task_inference == "fmn" else None
+        self.confusion: dict[str, dict[int, int]] = {}
 
-    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]]) -> dict[str, int]:
-        """Store an actor's chunks in `task`'s buffer; returns the task and its buffer size."""
+    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> dict[str, int]:
+        """Store an actor's chunks in their task's buffer; returns the task and its buffer size.
+
+        With forget-me-not task inference the task comes from the frames (the majority id over
+        the chunks' frames), not from `task`; `game`, the true game, only feeds the confusion counts.
+        """
+        if self.fmn is not None:
+            ids = np.concatenate([self.fmn.observe_batch(chunk.frames) for _, chunk in chunks])
+            votes = np.bincount(ids)
+            task = int(votes.argmax())
+            for inferred in np.flatnonzero(votes):
+                row = self.confusion.setdefault(game, {})
+                row[int(inferred)] = row.get(int(inferred), 0) + int(votes[inferred])
+            if task >= self.config.agent.network.max_tasks:
+                raise UsageError(
+                    f"forget-me-not found {task + 1} tasks, more than agent.network.max_tasks "
+                    f"({self.config.agent.network.max_tasks}): raise it (games with several scenes count several times)"
+                )
         transitions = 0
         for source, chunk in chunks:
-            self.replay.add_chunk(task, chunk, source)
+            buffer = self.replay.buffer(task)
+            if not chunk.episode_starts[0] and not buffer.has_open_episode(source):
+                chunk = _as_episode_start(chunk)  # its episode began in another task's buffer
+                if chunk is None:
+                    continue
+            buffer.add_chunk(chunk, source)
             transitions += chunk.num_transitions
         self.learner.note_frames(task, transitions * self.config.env.frame_skip)
         return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions}
@@ -80,16 +106,38 @@ class LearnerService:
     def replay_sizes(self) -> dict[int, int]:
         return {task: self.replay.num_transitions(task) for task in self.replay.tasks}
 
+    def fmn_confusion(self) -> dict[str, dict[int, int]]:
+        """Frames per (true game, inferred task) so far; empty without forget-me-not."""
+        return {game: dict(row) for game, row in self.confusion.items()}
+
     def state_dict(self, include_replay: bool = False) -> dict[str, Any]:
-        state = {"learner": self.learner.state_dict()}
+        state = {"learner": self.learner.state_dict(), "confusion": self.fmn_confusion()}
+        if self.fmn is not None:
+            state["fmn"] = self.fmn.state_dict()
         if include_replay:
             state["replay"] = self.replay.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
+        self.confusion = {game: dict(row) for game, row in state.get("confusion", {}).items()}
+        if self.fmn is not None:
+            if "fmn" not in state:
+                raise UsageError("the checkpoint has no forget-me-not state: it was trained with task_inference: schedule")
+            self.fmn.load_state_dict(state["fmn"])
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
+
+
+def _as_episode_start(chunk: TransitionChunk) -> TransitionChunk | None:
+    """The chunk with its first frame turned into an episode start (its transition is lost), or None if empty."""
+    starts, ends = chunk.episode_starts.copy(), chunk.episode_ends
+    if ends[0]:  # the first slot ends the episode it continued: drop it, the next slot starts one
+        if len(chunk) == 1:
+            return None
+        return dataclasses.replace(chunk, **{f.name: getattr(chunk, f.name)[1:] for f in dataclasses.fields(chunk)})
+    starts[0] = True
+    return dataclasses.replace(chunk, episode_starts=starts)
 
 
 class ConsolidationService:
