@@ -15,7 +15,11 @@ task switch when the penalty's gradient can be large.
 
 RMSProp: torch's RMSprop adds `eps` outside the square root (g / (sqrt(v) + eps));
 DeepMind's 2015 RMSProp added 0.01 inside it. With eps = 0.01 both damp steps on
-weights with tiny gradients, but the numbers are not interchangeable.
+weights with tiny gradients, but the numbers are not interchangeable. Not centered by
+default: centered RMSProp divides by sqrt(E[g^2] - E[g]^2), which rounding makes negative
+(NaN weights) when a weight's gradient is nearly constant, and the EWC penalty's gradient on a
+weight the task loss barely touches is exactly that (seen in the smoke run a few thousand
+updates after the first consolidation).
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ class DQNConfig:
     learning_rate: float = 2.5e-4
     rmsprop_alpha: float = 0.95  # decay of the squared-gradient average
     rmsprop_eps: float = 0.01  # torch convention: added outside the square root
-    rmsprop_centered: bool = True
+    rmsprop_centered: bool = False  # centered is NaN-prone under the EWC penalty (see the module doc)
     max_grad_norm: float = 10.0  # global-norm clipping of the full gradient (our choice, see module doc)
     huber_delta: float = 1.0
     target_update_period: int = 7_500  # learner updates between target-network syncs
@@ -340,10 +344,13 @@ class Learner:
             [td_loss.detach(), td_errors.abs().mean(), penalty.detach(), q_taken.detach().mean(), grad_norm]
         ).tolist()
         skipped = not all(np.isfinite([loss_value, penalty_value, norm_value]))
+        weights_nonfinite = False
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf: the weights stay as they were
             self.num_skipped += 1
             self.nonfinite_in_a_row += 1
+            # a NaN loss from finite weights is a bad batch; from NaN weights, nothing can recover
+            weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
         else:
             self.nonfinite_in_a_row = 0
             self.optimizer.step()
@@ -357,6 +364,7 @@ class Learner:
             "q_mean": q_mean,
             "grad_norm": norm_value,
             "skipped_nonfinite": int(skipped),
+            "weights_nonfinite": int(weights_nonfinite),
             "updates": self.num_updates,
         }
 

@@ -105,7 +105,8 @@ def test_an_update_lowers_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.97 * losses[0]
     assert learner.num_updates == 10 and metrics["updates"] == 10
     assert set(metrics) == {
-        "loss", "td_error_abs_mean", "ewc_penalty", "q_mean", "grad_norm", "skipped_nonfinite", "updates"
+        "loss", "td_error_abs_mean", "ewc_penalty", "q_mean", "grad_norm", "skipped_nonfinite", "weights_nonfinite",
+        "updates",
     }
 
 
@@ -319,3 +320,16 @@ def test_epsilon_decays_linearly_with_a_separate_timer_per_task():
     assert EpsilonConfig().decay_steps == 1_000_000 and EpsilonConfig().end == 0.01
     with pytest.raises(UsageError):
         TaskEpsilon(EpsilonConfig(end=1.5))
+
+
+def test_rmsprop_survives_the_near_constant_gradient_of_the_ewc_penalty():
+    # Centered RMSProp divides by sqrt(E[g^2] - E[g]^2): with a near-constant gradient rounding makes it NaN.
+    param = torch.nn.Parameter(torch.randn(50_000))
+    cfg = DQNConfig()
+    optimizer = torch.optim.RMSprop([param], lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps,
+                                    centered=cfg.rmsprop_centered)
+    noise = torch.Generator().manual_seed(0)
+    for _ in range(1000):
+        param.grad = torch.full_like(param, 3e-3) * (1 + 1e-7 * torch.randn(param.shape, generator=noise))
+        optimizer.step()
+    assert torch.isfinite(param).all()

@@ -421,6 +421,8 @@ class Trainer:
         self.progress.updates_done += done
         self.interval.updates += done
         in_a_row = int(metrics.pop("nonfinite_in_a_row"))
+        if metrics.pop("weights_nonfinite"):
+            raise RunAborted(f"the network's weights became NaN/inf: training has diverged. {self._resume_hint()}")
         for key, value in metrics.items():
             self.interval.train[key].append(value)
         if metrics["skipped_nonfinite"]:
@@ -430,8 +432,7 @@ class Trainer:
         if in_a_row >= limit:
             raise RunAborted(
                 f"{in_a_row} updates in a row had a NaN/inf loss or gradient (agent.max_nonfinite_in_a_row = {limit}): "
-                f"training has diverged (e.g. agent.learning_rate too high); skipped updates leave the weights "
-                f"unchanged. {self._resume_hint()}"
+                f"training has diverged (e.g. agent.learning_rate too high). {self._resume_hint()}"
             )
 
     def _on_consolidation(self, anchors: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ class LearnerService:
         averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
         averaged["updates"] = self.learner.num_updates
         averaged["nonfinite_in_a_row"] = self.learner.nonfinite_in_a_row
+        averaged["weights_nonfinite"] = sums.get("weights_nonfinite", 0.0) > 0
         if num_updates:
             averaged["ewc_penalty"] = metrics["ewc_penalty"]  # computed on the last update only (see Learner.update)
         averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
