@@ -48,6 +48,9 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | 
             handle.write(text + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it owner-only; result files are ordinary files
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -237,7 +237,7 @@ def _accumulate_chunk(
             sq = _layer_sq_grads(module, layer_input.float(), grads)
             for kind, full in kinds.items():
                 totals[full] += sq[kind]
-    del logits, calls
+    del logits  # free the graph before the fallback path runs its own forward passes
     fallback = [n for n in named if n not in hooked_names]
     if fallback:
         _accumulate_generic(model, {n: named[n] for n in fallback}, x, vectors, totals)

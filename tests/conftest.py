@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,15 @@ TINY_RUN_OVERRIDES = [
     "eval.max_episode_frames=800",
     "logging.log_every_s=1",
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests use small models: a second torch thread gains nothing and oversubscribes a 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def run_train(

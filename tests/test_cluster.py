@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_train
+from tests.conftest import run_train
 
 
 def free_port() -> int:

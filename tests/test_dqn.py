@@ -28,15 +28,6 @@ SMALL_NET = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_action
 SMALL = DQNConfig(network=SMALL_NET, learning_rate=1e-3, target_update_period=1_000, ewc_min_frames=100)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small networks gain nothing from threads, and on a shared 2-core box they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_batch(size: int = 16, seed: int = 0, num_actions: int = SMALL_NET.num_actions) -> Batch:
     rng = np.random.default_rng(seed)
     frames = (size, 4, 84, 84)

@@ -10,15 +10,6 @@ from common.errors import UsageError
 SMALL = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small networks gain nothing from threads, and on a shared 2-core box they oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def frames(n: int, config: NetworkConfig = SMALL, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     shape = (n, config.frame_stack, config.frame_size, config.frame_size)

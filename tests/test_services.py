@@ -23,14 +23,6 @@ def config():
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_env_runner_ships_single_frames_and_switches_games(config):
     runner = EnvRunner(0, 2, config.agent.network, config.env, seed=3)
     runner.set_game("Pong", 0)

@@ -187,7 +187,7 @@ class Trainer:
         return f"last good checkpoint: {files[-1]}; continue with: python run.py train --resume {self.run_dir}"
 
     def _loop(self, ray) -> dict[str, Any]:
-        cfg, agent = self.config, self.config.agent
+        cfg = self.config
         self.weights = self.learner.weights.remote()
         self.visit = self.schedule.visit_at(self.progress.frames)
         if self.fmn_votes is None:

@@ -1,0 +1,281 @@
+"""Report on one or more training runs: plots, a self-contained HTML page and continual-learning metrics.
+
+Reads each RUN_DIR written by `run.py train` (config.yaml, eval.jsonl, metrics.jsonl) and writes
+to --out (default: the first RUN_DIR's report/ folder):
+
+  scores.png            every game's score over the whole schedule, the periods when that game
+                        is trained shaded (paper Fig. 3A); one line per run
+  capped_sum.png        the sum over games of human-normalised scores capped at 1, one line
+                        per run (paper Fig. 3B): compare e.g. EWC, no EWC and EWC with true labels
+  matrix_<run>.png      the evaluation matrix: after each visit, the score on every game
+  training_<run>.png    the training log: episode returns, TD loss, EWC penalty
+  report.html           all of the above in one file (images embedded) with the tables
+  report.json           per run: the evaluation matrix, the metrics and every evaluation round
+
+Metrics, from the evaluation matrix on human-normalised scores (raw scores for a game without
+reference scores); see docs/reporting.md for the exact definitions:
+  average_final       mean over games of the score after the last visit
+  forgetting          per game: its best score after it was first trained minus its final score
+  backward_transfer   mean over games of final score minus the score at the end of its last visit
+  forward_transfer    mean over games of the score just before its first visit minus the untrained
+                      network's score (needs the run's "initial" evaluation round)
+
+Examples:
+  python run.py report runs/smoke
+  python run.py report runs/paper runs/paper_no_ewc runs/paper_fmn --out results/compare
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.errors import UsageError
+from common.results import Progress, write_json_atomic
+from reporting.metrics import HUMAN_NORMALIZED, RAW, EvaluationMatrix, build_matrix, continual_metrics
+from reporting.runs import RunLog, load_run
+
+SCALE_NAMES = {HUMAN_NORMALIZED: "human-normalised", RAW: "raw"}
+FULL_EPISODE_FRAMES = 108_000  # the 30-minute episodes the human reference scores were measured on
+Analysis = tuple[EvaluationMatrix | None, dict[str, Any] | None]  # a run's matrix and metrics (None: no rows)
+METRIC_NAMES = ("average_final", "average_forgetting", "backward_transfer", "forward_transfer", "final_capped_sum")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `run.py train`")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report/ of the first run)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def analyse_run(run: RunLog) -> Analysis:
+    """The run's evaluation matrix and metrics (None, None if it has no round to build a row from)."""
+    matrix = build_matrix(run.rounds, [v.game for v in run.visits], run.games)
+    return matrix, None if matrix is None else continual_metrics(matrix)
+
+
+def slugs(runs: Sequence[RunLog]) -> list[str]:
+    """File-name-safe, unique names for the runs' own figures."""
+    names: list[str] = []
+    for run in runs:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", run.name).strip("._") or "run"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def run_summary(run: RunLog, matrix: EvaluationMatrix | None, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "name": run.name,
+        "run_dir": str(run.run_dir),
+        "games": run.games,
+        "visits": [{"index": v.index, "game": v.game, "start_frame": v.start_frame, "end_frame": v.end_frame}
+                   for v in run.visits],
+        "ewc_enabled": run.config.agent.ewc_enabled,
+        "task_inference": run.config.task_inference,
+        "frames_evaluated": max(r.frames for r in run.rounds),
+        "eval_max_episode_frames": run.config.eval.max_episode_frames,
+        "matrix": None if matrix is None else matrix.to_dict(),
+        "metrics": metrics,
+        "rounds": [{"kind": r.kind, "frames": r.frames, "visit_index": r.visit_index, "score": r.scores,
+                    "human_normalized": r.normalized, "capped_sum": r.capped_sum} for r in run.rounds],
+        "skipped_lines": run.skipped_lines,
+    }
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "&ndash;"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    head = "<tr><th>game</th><th>scale</th><th>final</th><th>forgetting</th><th>backward transfer</th><th>forward transfer</th></tr>"
+    rows = [
+        f"<tr><td>{html.escape(game)}</td><td>{SCALE_NAMES[metrics['scale'][game]]}</td>"
+        f"<td>{_fmt(metrics['final'][game])}</td><td>{_fmt(metrics['forgetting'][game])}</td>"
+        f"<td>{_fmt(metrics['backward_transfer_per_game'][game])}</td><td>{_fmt(metrics['forward_transfer_per_game'][game])}</td></tr>"
+        for game in metrics["final"]
+    ]
+    rows.append(
+        f"<tr class='total'><td>mean</td><td></td><td>{_fmt(metrics['average_final'])}</td>"
+        f"<td>{_fmt(metrics['average_forgetting'])}</td><td>{_fmt(metrics['backward_transfer'])}</td>"
+        f"<td>{_fmt(metrics['forward_transfer'])}</td></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _matrix_table(matrix: EvaluationMatrix) -> str:
+    """Raw scores, human-normalised in brackets; the cell of the game trained in that visit highlighted."""
+    head = "<tr><th>after visit</th><th>frames</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in matrix.games) + "</tr>"
+
+    def cells(raw, norm, trained: str | None) -> str:
+        out = []
+        for game, r, n in zip(matrix.games, raw, norm):
+            text = _fmt(r) + ("" if n is None else f" <span class='norm'>({_fmt(n)})</span>")
+            out.append(f"<td{' class=trained' if game == trained else ''}>{text}</td>")
+        return "".join(out)
+
+    rows = []
+    if matrix.initial_raw is not None:
+        rows.append(f"<tr><td>untrained</td><td>0</td>{cells(matrix.initial_raw, matrix.initial_normalized, None)}</tr>")
+    for i, (game, frames) in enumerate(zip(matrix.trained, matrix.frames)):
+        rows.append(f"<tr><td>{i + 1}: {html.escape(game)}</td><td>{_fmt(frames)}</td>"
+                    f"{cells(matrix.raw[i], matrix.normalized[i], game)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+STYLE = """
+body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+img { max-width: 100%; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 90%; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f2f2f2; }
+td:first-child { text-align: left; }
+td.trained { background: #fde2e2; }
+tr.total td { font-weight: bold; }
+.norm { color: #777; }
+"""
+
+DEFINITIONS = """
+<p>Metrics use the evaluation matrix V (row i: every game scored with the weights at the end of
+visit i; K: the last row), on human-normalised scores, or raw scores for a game without reference
+scores. f<sub>j</sub>, l<sub>j</sub>: the first and the last visit of game j up to K; b<sub>j</sub>: the
+untrained network's score.</p>
+<ul>
+<li><b>average final</b>: mean<sub>j</sub> V[K][j]; <b>final capped sum</b>: &Sigma;<sub>j</sub> min(human-normalised V[K][j], 1) (the paper's metric)</li>
+<li><b>forgetting</b> of game j: max<sub>f<sub>j</sub> &le; i &lt; K</sub> V[i][j] &minus; V[K][j] (games first trained before visit K)</li>
+<li><b>backward transfer</b>: mean<sub>j</sub> V[K][j] &minus; V[l<sub>j</sub>][j] over games whose last visit is before K (negative: forgetting)</li>
+<li><b>forward transfer</b>: mean<sub>j</sub> V[f<sub>j</sub>&minus;1][j] &minus; b<sub>j</sub> over games first trained after visit 1</li>
+</ul>
+<p>Details: docs/reporting.md.</p>
+"""
+
+
+def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], analyses: Sequence[Analysis],
+                figures: dict[str, Path], run_figures: Sequence[dict[str, Path]]) -> str:
+    """The report page: summary table, shared figures, then each run's metrics, matrix and figures."""
+    names = ", ".join(html.escape(run.name) for run in runs)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report: {names}</title>"
+             f"<style>{STYLE}</style></head><body><h1>Continual Atari report: {names}</h1>"]
+    parts.append("<h2>Runs</h2><table><tr><th>run</th><th>directory</th><th>games</th><th>visits</th><th>EWC</th>"
+                 "<th>task ids</th><th>frames evaluated</th>"
+                 + "".join(f"<th>{name.replace('_', ' ')}</th>" for name in METRIC_NAMES) + "</tr>")
+    for run, summary in zip(runs, summaries):
+        metrics = summary["metrics"] or {}
+        parts.append(
+            f"<tr><td>{html.escape(run.name)}</td><td>{html.escape(str(run.run_dir))}</td>"
+            f"<td>{html.escape(', '.join(run.games))}</td><td>{len(run.visits)}</td>"
+            f"<td>{'on' if run.config.agent.ewc_enabled else 'off'}</td><td>{run.config.task_inference}</td>"
+            f"<td>{summary['frames_evaluated']:,}</td>"
+            + "".join(f"<td>{_fmt(metrics.get(name))}</td>" for name in METRIC_NAMES) + "</tr>"
+        )
+    parts.append("</table>")
+    capped = [run.name for run in runs if run.config.eval.max_episode_frames < FULL_EPISODE_FRAMES]
+    if capped:
+        parts.append(f"<p><b>Note:</b> {html.escape(', '.join(capped))} cut evaluation episodes short "
+                     "(eval.max_episode_frames below 108,000): a cut-off game scores differently from a full "
+                     "one, so its human-normalised scores are not comparable with the paper's.</p>")
+    parts.append("<h2>Score of every game over training (Fig. 3A)</h2>" + _image(figures["scores"], "scores"))
+    parts.append("<h2>Capped human-normalised sum (Fig. 3B)</h2>" + _image(figures["capped_sum"], "capped sum"))
+    for run, (matrix, metrics), own in zip(runs, analyses, run_figures):
+        parts.append(f"<h2>Run {html.escape(run.name)}</h2>")
+        if matrix is None:
+            parts.append("<p>No evaluation round at the end of a visit yet: no matrix, no metrics.</p>")
+        else:
+            parts.append("<h3>Continual-learning metrics</h3>" + _metrics_table(metrics))
+            parts.append("<h3>Evaluation matrix</h3><p>Raw score (human-normalised in brackets); "
+                         "the game trained in that visit is highlighted.</p>" + _matrix_table(matrix))
+            parts.append(_image(own["matrix"], f"evaluation matrix of {run.name}"))
+        if "training" in own:
+            parts.append("<h3>Training log</h3>" + _image(own["training"], f"training log of {run.name}"))
+    parts.append("<h2>Definitions</h2>" + DEFINITIONS + "</body></html>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Plain-text metrics per run for stdout."""
+    width = max(len(s["name"]) for s in summaries) + 2
+    lines = ["run".ljust(width) + "".join(name.rjust(20) for name in METRIC_NAMES)]
+    for s in summaries:
+        metrics = s["metrics"] or {}
+        cells = ["-" if metrics.get(n) is None else f"{metrics[n]:.4g}" for n in METRIC_NAMES]
+        lines.append(s["name"].ljust(width) + "".join(c.rjust(20) for c in cells))
+    return "\n".join(lines)
+
+
+def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Read the runs, write the figures, report.html and report.json to `out`; return report.json's content."""
+    from experiments.plotting import save_figure
+    from reporting import plots
+
+    progress = progress or Progress(quiet=True)
+    resolved = [Path(d).resolve() for d in run_dirs]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("a RUN_DIR is given twice")
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "report"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    for run in runs:
+        progress(f"{run.name}: {len(run.rounds)} evaluation rounds, {len(run.visits)} visits ({run.run_dir})")
+        for name, count in run.skipped_lines.items():
+            progress(f"{run.name}: skipped {count} malformed line(s) of {name}")
+
+    analyses = [analyse_run(run) for run in runs]
+    summaries = [run_summary(run, *analysis) for run, analysis in zip(runs, analyses)]
+    figures = {
+        "scores": save_figure(plots.plot_game_scores(runs), out / "scores.png"),
+        "capped_sum": save_figure(plots.plot_capped_sum(runs), out / "capped_sum.png"),
+    }
+    run_figures: list[dict[str, Path]] = []
+    for run, slug, (matrix, _), summary in zip(runs, slugs(runs), analyses, summaries):
+        own: dict[str, Path] = {}
+        if matrix is not None:
+            own["matrix"] = save_figure(plots.plot_matrix(matrix, f"{run.name}: evaluation matrix"), out / f"matrix_{slug}.png")
+        if run.training is not None and len(run.training):
+            own["training"] = save_figure(plots.plot_training(run), out / f"training_{slug}.png")
+        summary["plots"] = {kind: path.name for kind, path in own.items()}
+        run_figures.append(own)
+    progress(f"plots written to {out}")
+
+    page = render_html(runs, summaries, analyses, figures, run_figures)
+    try:
+        (out / "report.html").write_text(page, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot write {out / 'report.html'}: {err.strerror or err}") from err
+    report = {
+        "runs": summaries,
+        "plots": {kind: path.name for kind, path in figures.items()},
+        "html": "report.html",
+    }
+    write_json_atomic(out / "report.json", report)
+    progress(f"wrote {out / 'report.html'} and {out / 'report.json'}")
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    progress = Progress(quiet=args.quiet)
+    report = make_report(args.run_dirs, args.out, progress=progress)
+    print(summary_table(report["runs"]))
+    return 0

@@ -1,0 +1,160 @@
+"""Reading what `run.py train` left in a run directory (see training/loop.py for the writer).
+
+- `config.yaml` -> the run's config and its schedule (which game each visit trained, when);
+- `eval.jsonl`  -> one `EvalRound` per evaluation round;
+- `metrics.jsonl` (optional) -> the training log as numpy columns, for the training-curve plot.
+
+Malformed lines (a run killed mid-write leaves a partial last line) are skipped and counted,
+so a report can be made of a run that is still going or crashed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from common.errors import UsageError
+from reporting.metrics import EvalRound
+from training.config import RunConfig, config_from_dict
+from training.schedule import Schedule, Visit
+
+TRAINING_COLUMNS = ("frames", "episode_return", "loss", "ewc_penalty", "epsilon")
+
+
+@dataclass
+class TrainingLog:
+    """metrics.jsonl as columns; None entries are NaN. `game` is the game trained at each line."""
+
+    columns: dict[str, np.ndarray]
+    game: np.ndarray  # of str
+
+    def __len__(self) -> int:
+        return len(self.game)
+
+
+@dataclass
+class RunLog:
+    run_dir: Path
+    name: str  # the config's run_name
+    config: RunConfig
+    visits: list[Visit]
+    games: list[str]  # in the order the schedule first plays them
+    rounds: list[EvalRound]
+    training: TrainingLog | None
+    skipped_lines: dict[str, int] = field(default_factory=dict)  # file name -> malformed lines skipped
+
+
+def _json_lines(path: Path, skipped: dict[str, int]) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                yield record
+            else:
+                skipped[path.name] = skipped.get(path.name, 0) + 1
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _finite(value: Any) -> float | None:
+    """A finite number, else None (JSON null, a string, NaN: json.loads accepts NaN, JSON output does not)."""
+    number = _number(value)
+    return number if math.isfinite(number) else None
+
+
+def _parse_round(record: dict[str, Any]) -> EvalRound | None:
+    """An EvalRound, or None if the record lacks what a round must have."""
+    games = record.get("games")
+    if not isinstance(games, dict) or "kind" not in record or not isinstance(record.get("frames"), int):
+        return None
+    scores, normalized = {}, {}
+    for game, entry in games.items():
+        score = _finite(entry.get("score")) if isinstance(entry, dict) else None
+        if score is not None:
+            scores[game] = score
+            normalized[game] = _finite(entry.get("human_normalized"))
+    return EvalRound(
+        kind=str(record["kind"]),
+        frames=record["frames"],
+        visit_index=record["visit_index"] if isinstance(record.get("visit_index"), int) else -1,
+        scores=scores,
+        normalized=normalized,
+        capped_sum=_finite(record.get("capped_sum")),
+    )
+
+
+def read_eval_rounds(path: Path, skipped: dict[str, int]) -> list[EvalRound]:
+    rounds = []
+    for record in _json_lines(path, skipped):
+        round_ = _parse_round(record)
+        if round_ is None:
+            skipped[path.name] = skipped.get(path.name, 0) + 1
+        else:
+            rounds.append(round_)
+    return rounds
+
+
+def read_training_log(path: Path, skipped: dict[str, int]) -> TrainingLog:
+    columns: dict[str, list[float]] = {name: [] for name in TRAINING_COLUMNS}
+    games: list[str] = []
+    for record in _json_lines(path, skipped):
+        for name in TRAINING_COLUMNS:
+            columns[name].append(_number(record.get(name)))
+        games.append(str(record.get("game", "")))
+    return TrainingLog({name: np.asarray(values, dtype=float) for name, values in columns.items()},
+                       np.asarray(games, dtype=str))
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{str(run_dir)!r} has no config.yaml: not a run directory of `run.py train`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a config mapping")
+    return config_from_dict(data, check_memory=False)
+
+
+def load_run(run_dir: str | Path) -> RunLog:
+    """Everything the report needs from one run directory; UsageError if it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {str(run_dir)!r} does not exist")
+    config = load_config(run_dir)
+    eval_path = run_dir / "eval.jsonl"
+    if not eval_path.is_file():
+        raise UsageError(f"{str(run_dir)!r} has no eval.jsonl: the run has not been evaluated "
+                         "(eval.every_frames and eval.at_visit_end both off, or it stopped before its first round)")
+    skipped: dict[str, int] = {}
+    rounds = read_eval_rounds(eval_path, skipped)
+    if not rounds:
+        raise UsageError(f"{eval_path} holds no evaluation round yet")
+    metrics_path = run_dir / "metrics.jsonl"
+    training = read_training_log(metrics_path, skipped) if metrics_path.is_file() else None
+    schedule = Schedule(list(config.games), config.schedule)
+    return RunLog(
+        run_dir=run_dir,
+        name=config.run_name,
+        config=config,
+        visits=list(schedule.visits),
+        games=schedule.games(),
+        rounds=rounds,  # file order = the order they were taken (plots sort by frames)
+        training=training,
+        skipped_lines=skipped,
+    )
