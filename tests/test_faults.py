@@ -102,3 +102,29 @@ def test_diverging_loss_stops_the_run_with_a_clear_message(tmp_path):
     assert "updates in a row had a NaN/inf loss or gradient" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "python run.py train --resume" in proc.stderr or "no checkpoint was written yet" in proc.stderr
+
+
+def test_killed_learner_stops_the_run_with_a_message_not_a_hang(tmp_path):
+    proc = start_train(tmp_path, ["run_name=kill_learner", *FAST, "schedule.frames_per_visit=40000"])
+    run_dir = tmp_path / "kill_learner"
+    try:
+        wait_for(lambda: (run_dir / "actors.json").exists(), 120, proc)
+        wait_for(lambda: any(m["updates"] > 0 for m in metrics(run_dir)), 180, proc)
+        os.kill(json.loads((run_dir / "actors.json").read_text())["learner"]["pid"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)  # a hang fails here
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "a Ray actor died" in stderr and "Traceback" not in stderr
+    assert "last good checkpoint" in stderr or "no checkpoint was written yet" in stderr
+
+
+def test_resume_with_an_incompatible_network_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run, run_dir)
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir),
+                           "--set", "agent.network.hidden=64"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "not a compatible Learner state" in proc.stderr and "Traceback" not in proc.stderr
