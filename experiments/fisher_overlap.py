@@ -46,22 +46,26 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from common.errors import UsageError
-from common.results import Progress, write_json_atomic
+from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher, fisher_overlap
-from experiments.mnist_data import IMAGE_SIDE, NUM_CLASSES, NUM_PIXELS, MnistData, load_mnist
-from experiments.plotting import check_figure_path, save_figure
+from experiments.command import finish_command, start_command
+from experiments.mnist_data import (
+    IMAGE_SIDE,
+    NUM_CLASSES,
+    NUM_PIXELS,
+    MnistData,
+    load_mnist,
+)
+from experiments.plotting import panels
 
 TASK_B_STARTS: tuple[str, ...] = ("task-a", "scratch")
 EVAL_BATCH_SIZE = 2000  # evaluation only; changes nothing but speed
@@ -318,17 +322,6 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-PANEL_SIZE_IN = (3.4, 2.8)  # width, height of one panel
-FIGURE_DPI = 120
-
-
-def panels(count: int) -> tuple[Figure, list[Axes]]:
-    """A figure on the Agg canvas (no pyplot state) with `count` panels side by side."""
-    fig = Figure(figsize=(PANEL_SIZE_IN[0] * count, PANEL_SIZE_IN[1]), dpi=FIGURE_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(1, count, squeeze=False)[0])
-
-
 def plot_overlap(result: dict) -> Figure:
     """Overlap vs layer depth, one line per patch size (mean, with each seed as faint dots)."""
     fig, (ax,) = panels(1)
@@ -407,20 +400,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.plot:
-        check_figure_path(args.plot)  # fail before a long run, not after it
-    if args.json and Path(args.json).is_dir():
-        raise UsageError(f"--json {args.json} is a directory")
-    torch.set_num_threads(args.threads)
-    progress = Progress(quiet=args.quiet)
+    progress = start_command(args)
     data = load_mnist(cfg.data_dir)
     progress(f"data: {data.source}")
     result = run_experiment(cfg, data, progress)
-    print(summary_table(result))
-    if args.json:
-        progress(f"wrote {write_json_atomic(args.json, result)}")
-    if args.plot:
-        progress(f"wrote {save_figure(plot_overlap(result), args.plot)}")
-    return 0
+    return finish_command(args, progress, result, summary_table(result), lambda: plot_overlap(result))

@@ -36,6 +36,12 @@ def new_figure(rows: int, cols: int) -> tuple[Figure, GridSpec]:
     return fig, fig.add_gridspec(rows, cols)
 
 
+def panels(count: int) -> tuple[Figure, list[Axes]]:
+    """A figure on the Agg canvas (no pyplot state) with `count` panels side by side."""
+    fig, grid = new_figure(1, count)
+    return fig, [fig.add_subplot(grid[0, i]) for i in range(count)]
+
+
 def check_figure_path(path: str | os.PathLike[str]) -> Path:
     """Fail early (before a long run) if `path` is a directory or has an unsupported suffix."""
     target = Path(path)

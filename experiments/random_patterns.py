@@ -63,19 +63,17 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from common.errors import UsageError
-from common.results import Progress, write_json_atomic
+from common.results import Progress
 from ewc import EWCPenalty
-from experiments.plotting import check_figure_path, method_style, save_figure
+from experiments.command import finish_command, start_command
+from experiments.plotting import method_style, panels
 
 METHODS: tuple[str, ...] = ("gd", "ewc", "l2")
 ANCHORS: tuple[str, ...] = ("latest", "each")
@@ -404,17 +402,6 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-PANEL_SIZE_IN = (3.4, 2.8)  # width, height of one panel
-FIGURE_DPI = 120
-
-
-def panels(count: int) -> tuple[Figure, list[Axes]]:
-    """A figure on the Agg canvas (no pyplot state) with `count` panels side by side."""
-    fig = Figure(figsize=(PANEL_SIZE_IN[0] * count, PANEL_SIZE_IN[1]), dpi=FIGURE_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(1, count, squeeze=False)[0])
-
-
 def plot_patterns(result: dict) -> Figure:
     """Counts vs stream length, SNR of the newest pattern, SNR by age at the end of the stream."""
     fig, (ax_count, ax_new, ax_age) = panels(3)
@@ -520,18 +507,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.plot:
-        check_figure_path(args.plot)  # fail before a long run, not after it
-    if args.json and Path(args.json).is_dir():
-        raise UsageError(f"--json {args.json} is a directory")
-    torch.set_num_threads(args.threads)
-    progress = Progress(quiet=args.quiet)
+    progress = start_command(args)
     result = run_experiment(cfg, progress)
-    print(summary_table(result))
-    if args.json:
-        progress(f"wrote {write_json_atomic(args.json, result)}")
-    if args.plot:
-        progress(f"wrote {save_figure(plot_patterns(result), args.plot)}")
-    return 0
+    return finish_command(args, progress, result, summary_table(result), lambda: plot_patterns(result))

@@ -18,15 +18,6 @@ from experiments.mnist_data import IDX_FILES, load_embedded, load_idx_dir, read_
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models on a shared 2-core box: a second torch thread only spins (see --threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def embedded() -> mnist_data.MnistData:
     return load_embedded()

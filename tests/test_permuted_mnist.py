@@ -25,15 +25,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUIET = Progress(quiet=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models on a shared 2-core box: a second torch thread only spins (see --threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data() -> MnistData:
     return load_embedded()

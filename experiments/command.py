@@ -1,0 +1,38 @@
+"""What every experiment command does before and after its run: check the outputs, report, write."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from common.errors import UsageError
+from common.results import Progress, write_json_atomic
+from experiments.plotting import check_figure_path, save_figure
+
+
+def start_command(args: argparse.Namespace) -> Progress:
+    """Check --threads, --json and --plot before a long run (not after it); returns the progress printer."""
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.plot:
+        check_figure_path(args.plot)
+    if args.json and Path(args.json).is_dir():
+        raise UsageError(f"--json {args.json} is a directory")
+    torch.set_num_threads(args.threads)
+    return Progress(quiet=args.quiet)
+
+
+def finish_command(
+    args: argparse.Namespace, progress: Progress, result: dict[str, Any], summary: str, figure: Callable[[], Figure]
+) -> int:
+    """Print the summary table to stdout, then write --json and --plot."""
+    print(summary)
+    if args.json:
+        progress(f"wrote {write_json_atomic(args.json, result)}")
+    if args.plot:
+        progress(f"wrote {save_figure(figure(), args.plot)}")
+    return 0
