@@ -184,3 +184,19 @@ def test_closed_form_gradient_matches_autograd():
         torch.testing.assert_close(p.grad, expected[n])
         if n.endswith("bias"):  # not anchored: only the task loss's gradient
             torch.testing.assert_close(p.grad, reference[n])
+
+
+def test_gradient_without_value_matches_and_follows_new_anchors():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    ewc = EWCPenalty(lam=3.0)
+    ewc.consolidate(*random_task(model, 0))
+    for round_ in range(2):  # the cached products must be rebuilt after another consolidation
+        model.zero_grad()
+        ewc.penalty(model).backward()
+        expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        assert ewc.add_gradient_(model, with_value=False) is None
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-5)
+        ewc.consolidate(*random_task(model, round_ + 1))

@@ -42,7 +42,8 @@ class _LearnerActor(LearnerService):
         super().__init__(config, device)
 
     def where(self) -> dict:
-        return {"node_id": _node_id(), "pid": os.getpid(), "device": str(self.learner.device)}
+        return {"node_id": _node_id(), "pid": os.getpid(), "device": str(self.learner.device),
+                "torch_threads": torch.get_num_threads()}
 
 
 class _ConsolidationActor(ConsolidationService):

@@ -239,7 +239,7 @@ class Trainer:
                 for actor in self.actors:
                     actor.set_weights.remote(self.weights)
                 last_sync = self.progress.updates_done
-            if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None:
+            if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None and not switching:
                 self._start_eval("periodic")
                 self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
             now = time.monotonic()
@@ -294,6 +294,8 @@ class Trainer:
         if cfg.eval.at_visit_end:
             self._finish_eval(ray)
             self._start_eval("visit_end")
+            if cfg.eval.every_frames:  # this round also serves as the periodic one due about now
+                self.progress.next_eval_frame = max(self.progress.next_eval_frame, self.progress.frames + cfg.eval.every_frames)
         if next_visit is None:
             self._consolidate(upcoming=-1)
         elif self.fmn_votes is None:  # true task labels: the schedule says the task changes here
@@ -334,7 +336,9 @@ class Trainer:
         cfg = self.config
         steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
         max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
-        in_flight = sum(steps for _, steps, _ in self.collects.values())
+        # On their way to the replay: chunks being played *and* chunks whose add has not returned yet (adds
+        # queue behind train slices on the learner); leaving the latter out let actors run far ahead.
+        in_flight = sum(self.adds.values())
         lag = self.progress.trainable_steps - self.progress.updates_done * cfg.agent.update_period
         for i in sorted(self.idle):
             if self._learning() and lag + in_flight >= max_lag:

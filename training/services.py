@@ -13,6 +13,7 @@ consolidated task except the one now being trained, once it was trained
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from ewc import EWCPenalty
 from fmn import ForgetMeNot
 from training.config import RunConfig
 
+PENALTY_REPORT_S = 5.0  # seconds between computations of the EWC penalty's value (a logged metric)
+
 
 class LearnerService:
     def __init__(self, config: RunConfig, device: str = "cpu"):
@@ -37,6 +40,7 @@ class LearnerService:
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
         self.fmn = ForgetMeNot.from_config(config.fmn) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
+        self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed
 
     def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> dict[str, int]:
         """Store an actor's chunks in their task's buffer; returns the task and its buffer size.
@@ -69,11 +73,21 @@ class LearnerService:
         return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions}
 
     def train(self, task: int, num_updates: int) -> dict[str, float]:
-        """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged."""
+        """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged.
+
+        "train_s" is the wall time spent here and "train_cpu_s" this process's CPU time meanwhile: how
+        busy the learner is, and whether it got its cores (a benchmark reads them; the driver ignores them).
+        """
+        started, cpu_started = time.perf_counter(), time.process_time()
         sums: dict[str, float] = {}
+        # The penalty's value is for logging and costs about two updates' worth of EWC passes: compute it
+        # on the slice's last update, at most every PENALTY_REPORT_S (the driver logs far less often).
+        report = started - self._penalty_reported >= PENALTY_REPORT_S
+        if report and num_updates:
+            self._penalty_reported = started
         for i in range(num_updates):
             batch = self.replay.sample(task, self.config.agent.batch_size)
-            metrics = self.learner.update(batch, task, report_penalty=i == num_updates - 1)
+            metrics = self.learner.update(batch, task, report_penalty=report and i == num_updates - 1)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
@@ -81,8 +95,10 @@ class LearnerService:
         averaged["nonfinite_in_a_row"] = self.learner.nonfinite_in_a_row
         averaged["weights_nonfinite"] = sums.get("weights_nonfinite", 0.0) > 0
         if num_updates:
-            averaged["ewc_penalty"] = metrics["ewc_penalty"]  # computed on the last update only (see Learner.update)
+            averaged["ewc_penalty"] = metrics["ewc_penalty"]  # the latest value computed (see above)
         averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
+        averaged["train_s"] = time.perf_counter() - started
+        averaged["train_cpu_s"] = time.process_time() - cpu_started
         return averaged
 
     def weights(self) -> dict[str, Tensor]:
@@ -102,6 +118,7 @@ class LearnerService:
 
     def set_anchors(self, anchors: Mapping[str, Any]) -> int:
         self.learner.set_anchors(anchors["ewc"], anchors["tasks"])
+        self._penalty_reported = -float("inf")  # report the new penalty's value on the next slice
         return len(anchors["tasks"])
 
     def replay_sizes(self) -> dict[int, int]:

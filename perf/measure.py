@@ -1,0 +1,456 @@
+"""Measurements behind `python run.py bench`: each function returns plain numbers for the JSON report.
+
+Timing on a shared machine: other processes come and go, so figures that are compared with
+each other (e.g. an update with and without the EWC penalty) are measured *interleaved*, in
+short blocks taken in turn, and summarised by the median block; absolute rates are wall-clock
+rates over a stated window.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.dqn import DQNConfig, Learner, q_network_fisher
+from agents.network import NetworkConfig, QNetwork, shared_parameter_names
+from agents.replay import Batch, FrameReplay, TransitionChunk
+from common.errors import UsageError
+from ewc import EWCPenalty, diagonal_fisher
+
+FRAME = (84, 84)
+
+
+# ---- timing helpers ---------------------------------------------------------------------------
+
+
+def interleaved_samples(
+    fns: Mapping[str, Callable[[], Any]], *, seconds: float, block: int = 3, warmup: int = 2, min_rounds: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per turn of `block` calls, for about `seconds` in all.
+
+    Turns (A, B, C, A, B, C, ...) expose every function to the same background load, so
+    their ratios stay meaningful on a busy machine even when absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < seconds:
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(block):
+                fn()
+            samples[name].append((time.perf_counter() - t) / block)
+        rounds += 1
+    return samples
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], Any]], **kwargs: Any) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns (see `interleaved_samples`)."""
+    return {name: statistics.median(values) for name, values in interleaved_samples(fns, **kwargs).items()}
+
+
+def paired_ratio(samples: Mapping[str, list[float]], name: str, base: str) -> tuple[float, float]:
+    """Median over turns of time(name) / time(base) within the same turn (slow drifts in load cancel),
+    and its standard error (1.25 sigma / sqrt(n), the large-sample error of a median)."""
+    ratios = [a / b for a, b in zip(samples[name], samples[base])]
+    spread = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
+    return statistics.median(ratios), 1.2533 * spread / len(ratios) ** 0.5
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+# ---- synthetic data ---------------------------------------------------------------------------
+
+
+def random_batch(batch_size: int, num_actions: int = 18, stack: int = 4, seed: int = 0) -> Batch:
+    """A replay-shaped numpy batch (uint8 frames): the update's cost does not depend on the pixel values."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (batch_size, stack + 1, *FRAME), dtype=np.uint8)
+    return Batch(
+        states=np.ascontiguousarray(frames[:, :-1]),
+        actions=rng.integers(0, num_actions, batch_size),
+        rewards=rng.choice(np.array([-1.0, 0.0, 1.0], dtype=np.float32), batch_size),
+        terminals=(rng.random(batch_size) < 0.01).astype(np.float32),
+        next_states=np.ascontiguousarray(frames[:, 1:]),
+    )
+
+
+def synthetic_anchors(net: nn.Module, tasks: int, lam: float, seed: int = 0) -> EWCPenalty:
+    """An EWC penalty over `net`'s shared weights merged from `tasks` random Fishers and anchors."""
+    names = shared_parameter_names(net)
+    penalty = EWCPenalty(lam, include=names)
+    generator = torch.Generator().manual_seed(seed)
+    params = {n: p.detach() for n, p in net.named_parameters() if n in names}
+    for _ in range(tasks):
+        fisher = {n: torch.rand(p.shape, generator=generator) * 1e-3 for n, p in params.items()}
+        anchors = {n: p + 0.01 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
+        penalty.consolidate(anchors, fisher)
+    return penalty
+
+
+def empty_penalty_state(lam: float) -> dict[str, Any]:
+    return EWCPenalty(lam).state_dict()
+
+
+def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed: int = 0) -> None:
+    """Write `transitions` transitions in episodes of `episode_length`, in 100-slot chunks as env actors do."""
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 256, (64, *buffer.frame_shape), dtype=np.uint8)  # pixel content does not affect cost
+    written = 0
+    while written < transitions:
+        n = min(episode_length, transitions - written)  # transitions in this episode: n + 1 slots
+        starts = np.zeros(n + 1, bool)
+        starts[0] = True
+        ends = np.zeros(n + 1, bool)
+        ends[-1] = True
+        frames = pool[rng.integers(0, len(pool), n + 1)]
+        actions = rng.integers(0, 18, n + 1)
+        rewards = np.zeros(n + 1, np.float32)
+        for lo in range(0, n + 1, 100):
+            part = slice(lo, lo + 100)
+            chunk = TransitionChunk(frames[part], starts[part], actions[part], rewards[part], ends[part], ends[part])
+            buffer.add_chunk(chunk, source=0)
+        written += n
+
+
+# ---- the bare update: the compute limit of one Double-DQN + EWC step ---------------------------
+
+
+class BareUpdate:
+    """One Double-DQN update in plain torch: the same network, batch, optimiser and EWC gradient as
+    `agents.dqn.Learner.update`, without metrics, checks, replay or actors: the compute limit."""
+
+    def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0):
+        self.cfg = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.online = QNetwork(config.network)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = torch.optim.RMSprop(
+            self.online.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha,
+            eps=config.rmsprop_eps, centered=config.rmsprop_centered,
+        )
+        batch = random_batch(config.batch_size, config.network.num_actions, seed=seed)
+        self.states = torch.from_numpy(batch.states)
+        self.next_states = torch.from_numpy(batch.next_states)
+        self.actions = torch.from_numpy(batch.actions).long()
+        self.rewards = torch.from_numpy(batch.rewards)
+        self.terminals = torch.from_numpy(batch.terminals)
+        names = shared_parameter_names(self.online)
+        named = dict(self.online.named_parameters())
+        self.shared = [named[n] for n in names]
+        penalty = synthetic_anchors(self.online, ewc_tasks, config.ewc_lambda, seed) if ewc_tasks else None
+        # The penalty's gradient lambda A (theta - mu) as lambda A theta - lambda A mu, with both
+        # coefficients precomputed: the fewest passes over memory plain torch offers.
+        self.scale = [config.ewc_lambda * penalty.precision[n] for n in names] if penalty else []
+        self.offset = [k * penalty.mean[n] for k, n in zip(self.scale, names)]
+
+    def __call__(self) -> None:
+        cfg, online = self.cfg, self.online
+        q = online(self.states, 0).gather(1, self.actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_actions = online(self.next_states, 0).argmax(1, keepdim=True)
+            next_q = self.target(self.next_states, 0).gather(1, next_actions).squeeze(1)
+            y = self.rewards + cfg.gamma * (1.0 - self.terminals) * next_q
+        loss = F.huber_loss(q, y, delta=cfg.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.scale:  # EWC: grad += lambda A theta - lambda A mu
+            with torch.no_grad():
+                grads = [p.grad for p in self.shared]
+                torch._foreach_addcmul_(grads, self.scale, self.shared)
+                torch._foreach_sub_(grads, self.offset)
+        nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+
+
+def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
+    """Run `fn` with `threads` torch intra-op threads (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def bare_updates_per_s(config: DQNConfig, *, threads: int, seconds: float, ewc_tasks: int = 1) -> float:
+    """Updates/s of `BareUpdate` with `threads` torch threads: 1 / median time of blocks of 3 updates
+    over about `seconds` (a median shrugs off bursts of load from other processes)."""
+    update = BareUpdate(config, ewc_tasks=ewc_tasks)
+    median = with_threads(threads, lambda: interleaved_medians({"bare": update}, seconds=seconds, block=3))["bare"]
+    return 1.0 / median
+
+
+def learner_breakdown(config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000) -> dict[str, float]:
+    """Seconds per update, interleaved: bare torch, `Learner.update` on a ready batch, and replay
+    sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is."""
+    bare = BareUpdate(config, ewc_tasks=1)
+    learner = Learner(dataclasses.replace(config, ewc_min_frames=0))
+    penalty = synthetic_anchors(learner.online, 1, config.ewc_lambda)
+    learner.set_anchors(penalty.state_dict(), [1])
+    batch = random_batch(config.batch_size, config.network.num_actions)
+    replay = FrameReplay(replay_capacity, seed=0)
+    fill_replay(replay, replay_capacity - replay_capacity // 100, episode_length=1000)
+
+    def sampled() -> None:
+        learner.update(replay.sample(config.batch_size), 0, report_penalty=False)
+
+    samples = with_threads(threads, lambda: interleaved_samples(
+        {
+            "bare": bare,
+            "learner_update": lambda: learner.update(batch, 0, report_penalty=False),
+            "sample_and_update": sampled,
+        },
+        seconds=seconds,
+        block=2,
+    ))
+    out = {f"{name}_ms": 1e3 * statistics.median(values) for name, values in samples.items()}
+    for name in ("learner_update", "sample_and_update"):
+        out[f"{name}_over_bare"] = paired_ratio(samples, name, "bare")[0]
+    return out
+
+
+# ---- EWC overhead -----------------------------------------------------------------------------
+
+
+def ewc_overhead(config: DQNConfig, *, threads: int, seconds: float, report_every_s: float | None = None) -> dict[str, float]:
+    """The EWC penalty's cost per `Learner.update`, merged from 1 and from 10 tasks, against no penalty.
+
+    "tasks_1" / "tasks_10": whole `Learner.update` time with the penalty over the time without,
+    minus 1: the median of paired ratios (one pair per turn of the interleaved timing), with its
+    standard error ("*_stderr"). As in the learner actor, the penalty's value (for logging) is
+    computed every `report_every_s` (training.services.PENALTY_REPORT_S), its gradient every update.
+    "isolated_*": the penalty's own steps timed alone (gradient step per update, value step
+    amortised) over the update time: an upper bound, since alone they run with cold caches while
+    inside an update they find the fresh gradients in cache.
+    """
+    from training.services import PENALTY_REPORT_S
+
+    report_every_s = PENALTY_REPORT_S if report_every_s is None else report_every_s
+    net = QNetwork(config.network)
+    batch = random_batch(config.batch_size, config.network.num_actions)
+    penalties = {name: synthetic_anchors(net, n, config.ewc_lambda) for name, n in (("tasks_1", 1), ("tasks_10", 10))}
+    states = {
+        "none": (empty_penalty_state(config.ewc_lambda), []),
+        "tasks_1": (penalties["tasks_1"].state_dict(), [1]),
+        "tasks_10": (penalties["tasks_10"].state_dict(), list(range(1, 11))),
+    }
+    learners = {}  # one per case, so that no timed call pays for switching anchors
+    for name, (state, tasks) in states.items():
+        learners[name] = Learner(dataclasses.replace(config, ewc_min_frames=0))
+        learners[name].set_anchors(state, tasks)
+    last_report = {name: -float("inf") for name in states}
+
+    def update_with(name: str) -> Callable[[], None]:
+        def run() -> None:
+            now = time.perf_counter()
+            report = now - last_report[name] >= report_every_s
+            if report:
+                last_report[name] = now
+            learners[name].update(batch, 0, report_penalty=report)
+
+        return run
+
+    def penalty_steps(name: str) -> tuple[Callable[[], None], Callable[[], None]]:
+        learner = learners[name]
+        for p in learner.online.parameters():
+            p.grad = torch.zeros_like(p)
+        return (lambda: learner.ewc.add_gradient_(learner.online, with_value=False),
+                lambda: learner.ewc.add_gradient_(learner.online, with_value=True))
+
+    def measure() -> tuple[dict[str, list[float]], dict[str, float]]:
+        updates = interleaved_samples({name: update_with(name) for name in states}, seconds=seconds, block=2)
+        steps = {}
+        for name in penalties:
+            gradient, value = penalty_steps(name)
+            steps[f"gradient_{name}"], steps[f"value_{name}"] = gradient, value
+        parts = interleaved_medians(steps, seconds=min(4.0, seconds / 4), block=4)
+        return updates, parts
+
+    updates, parts = with_threads(threads, measure)
+    base = statistics.median(updates["none"])
+    out: dict[str, float] = {}
+    for name in penalties:
+        ratio, error = paired_ratio(updates, name, "none")
+        out[name] = ratio - 1.0
+        out[f"{name}_stderr"] = error
+    for name in penalties:
+        per_update = parts[f"gradient_{name}"] + parts[f"value_{name}"] * base / report_every_s
+        out[f"isolated_{name}"] = per_update / base
+    out.update({
+        "update_ms_no_penalty": 1e3 * base,
+        "update_ms_tasks_1": 1e3 * statistics.median(updates["tasks_1"]),
+        "update_ms_tasks_10": 1e3 * statistics.median(updates["tasks_10"]),
+        "penalty_gradient_ms_tasks_1": 1e3 * parts["gradient_tasks_1"],
+        "penalty_gradient_ms_tasks_10": 1e3 * parts["gradient_tasks_10"],
+        "penalty_value_step_ms_tasks_1": 1e3 * parts["value_tasks_1"],
+        "penalty_value_step_ms_tasks_10": 1e3 * parts["value_tasks_10"],
+        "penalty_value_every_s": report_every_s,
+        "turns": len(updates["none"]),
+    })
+    return out
+
+
+# ---- replay -------------------------------------------------------------------------------------
+
+
+def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_length: int = 1000) -> dict[str, float]:
+    """Bytes per stored transition of a full `FrameReplay` and its sampling rate (with frame stacking)."""
+    buffer = FrameReplay(capacity, seed=0)
+    fill_replay(buffer, capacity + capacity // 10, episode_length)  # past capacity: the steady, wrapped state
+    naive = 2 * 4 * FRAME[0] * FRAME[1]  # state and next state, 4 stacked frames each, uint8
+    per_transition = buffer.nbytes / len(buffer)
+    count, start = 0, time.perf_counter()
+    while count < 10 or time.perf_counter() - start < seconds:
+        buffer.sample(batch_size)
+        count += 1
+    batches_per_s = rate(count, time.perf_counter() - start)
+    return {
+        "bytes_per_transition": per_transition,
+        "bytes_per_slot": buffer.bytes_per_transition,
+        "naive_stacked_bytes_per_transition": float(naive),
+        "saving_vs_naive": naive / per_transition,
+        "capacity": capacity,
+        "episode_length": episode_length,
+        "sample_batches_per_s": batches_per_s,
+        "sample_transitions_per_s": batches_per_s * batch_size,
+    }
+
+
+# ---- Fisher ---------------------------------------------------------------------------------------
+
+
+def mnist_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up (allocations, first-call overheads)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def fisher_throughput(network: NetworkConfig, *, atari_samples: int, mnist_samples: int, repeats: int = 2) -> dict[str, float]:
+    """Per-sample Fisher samples/s: the Atari Q-network (each kind) and the 784-400-400-10 MLP (each mode).
+
+    Best of `repeats` runs (the least disturbed by other processes).
+    """
+    torch.manual_seed(0)
+    net, target = QNetwork(network), QNetwork(network)
+    batch = random_batch(atari_samples, network.num_actions)
+    out: dict[str, float] = {"atari_samples": atari_samples, "mnist_samples": mnist_samples}
+    for kind in ("softmax_exact", "softmax_sample", "td_empirical"):
+        seconds = _timed(lambda: q_network_fisher(net, target, batch, 0, kind=kind), repeats)
+        out[f"atari_{kind}_samples_per_s"] = atari_samples / seconds
+    mlp = mnist_mlp()
+    x = torch.rand(mnist_samples, 784)
+    labels = torch.randint(0, 10, (mnist_samples,))
+    for mode in ("exact", "sample", "empirical"):
+        targets = labels if mode == "empirical" else None
+        seconds = _timed(lambda: diagonal_fisher(mlp, x, mode=mode, targets=targets), repeats)
+        out[f"mnist_{mode}_samples_per_s"] = mnist_samples / seconds
+    return out
+
+
+# ---- env actors ------------------------------------------------------------------------------------
+
+
+def raw_env_steps_per_s(game: str, seconds: float) -> float:
+    """ALE with our preprocessing and random actions, in this process: the emulator's own limit."""
+    from envs.atari import make_atari_env
+
+    env = make_atari_env(game, seed=0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(18)))
+        if terminated or truncated:
+            env.reset()
+        count += 1
+    env.close()
+    return rate(count, time.perf_counter() - start)
+
+
+def act_ms(network: NetworkConfig, seconds: float) -> float:
+    """Milliseconds of one acting forward pass (batch 1, one thread), as an env actor does per step."""
+    net = QNetwork(network).eval()
+    state = torch.zeros(1, network.frame_stack, network.frame_size, network.frame_size, dtype=torch.uint8)
+
+    def forward() -> None:
+        with torch.no_grad():
+            net(state)
+
+    return 1e3 * with_threads(1, lambda: interleaved_medians({"act": forward}, seconds=seconds, block=10))["act"]
+
+
+def actor_scaling(
+    game: str, network: NetworkConfig, *, counts: tuple[int, ...], seconds: float, chunk_steps: int, total_cpus: float
+) -> dict[str, float]:
+    """Env steps/s of 1, 2, 4... Ray env actors collecting with their network (no learner), all at once.
+
+    Needs `ray.init`. Each actor is kept busy with two collect calls in flight; the rate is
+    counted over `seconds` after a warm-up chunk.
+    """
+    import ray
+
+    from envs.atari import AtariSettings
+    from training.actors import EnvActor
+
+    out: dict[str, float] = {}
+    for n in counts:
+        cpus = min(1.0, total_cpus / n)
+        actors = [EnvActor.options(num_cpus=cpus).remote(i, 1, network, AtariSettings(), seed=0) for i in range(n)]
+        try:
+            def collect(actor) -> Any:  # epsilon 1: random actions, but the network's forward pass still runs
+                return actor.collect_split.remote(chunk_steps, 1.0, game, 0)[0]
+
+            ray.get([collect(a) for a in actors])  # warm-up: game start-up, first chunk
+            pending = {}
+            for a in actors:
+                for _ in range(2):
+                    pending[collect(a)] = a
+            steps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(ready[0])
+                steps += ray.get(ready[0]).steps
+                pending[collect(actor)] = actor
+            elapsed = time.perf_counter() - start
+            out[f"actors_{n}_env_steps_per_s"] = rate(steps, elapsed)
+        finally:
+            for a in actors:
+                ray.kill(a)
+    return out
+
+
+def steady_rate(events: list[tuple[float, float]], start: float) -> tuple[float, float]:
+    """(rate, window seconds) of a cumulative counter: least-squares slope of its events at or after `start`.
+
+    Events are (time, cumulative count) taken when the counter changes. A slope over every
+    arrival is steadier than (last - first) / time when arrivals come in chunks.
+    """
+    window = np.array([(t, c) for t, c in events if t >= start], dtype=np.float64)
+    if len(window) < 3:
+        raise UsageError("too few arrivals in the measurement window: raise --seconds")
+    t, c = window[:, 0] - window[0, 0], window[:, 1]
+    slope = float(np.polyfit(t, c, 1)[0])
+    return slope, float(t[-1])

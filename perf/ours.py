@@ -1,0 +1,153 @@
+"""Our trainer in a measurement harness: the real `training.loop.Trainer` on Ray, timed after learning starts.
+
+`bench_run_config` derives the benchmark's run config from `configs/paper.yaml` (one game,
+small `learning_starts`, no evaluation rounds), and `measure_ours` runs the trainer until
+`seconds` of steady-state training have been observed. So that the system pays for EWC as
+it does in continual training, the learner gets a merged penalty anchoring a second task
+before the first update (`ewc_tasks`).
+
+Rates are least-squares slopes of the cumulative counts at their real arrivals (chunks of env
+steps at the driver, slices of updates back from the learner), not differences between log
+lines: no partially counted chunk, and the actors' lead over the learner, which oscillates by
+a chunk or two, averages out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from common.errors import UsageError
+from perf.measure import rate, steady_rate, synthetic_anchors
+from training.config import RunConfig, config_from_dict, load_yaml
+from training.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_NETWORK = {"channels": [16, 32, 32], "hidden": 128}  # configs/smoke.yaml's network, for tests
+
+
+def bench_run_config(
+    *,
+    game: str,
+    learning_starts: int,
+    learner_threads: int,
+    tiny: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> RunConfig:
+    """configs/paper.yaml narrowed to one long visit of `game`, learning after `learning_starts` transitions."""
+    data = load_yaml(ROOT / "configs" / "paper.yaml")
+    data["run_name"] = "bench"
+    data["games"] = [game]
+    data["schedule"].update(order="fixed", repeats=1, frames_per_visit=10**12)  # never switches
+    data["agent"].update(learning_starts=learning_starts, ewc_min_frames=0)  # anchors count at once
+    data["eval"].update(every_frames=0, at_visit_end=False)
+    data["logging"].update(log_every_s=5.0, checkpoint_every_s=1e9, keep_checkpoints=1)
+    data["actors"]["learner_threads"] = learner_threads
+    if tiny:
+        data["agent"]["network"].update(TINY_NETWORK)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    config = config_from_dict(data)
+    if config.agent.network.max_tasks < 2:
+        raise UsageError("the benchmark anchors a second task: agent.network.max_tasks must be >= 2")
+    return config
+
+
+class MeasuredTrainer(Trainer):
+    """`Trainer` that records arrivals and stops itself once the measurement window is complete.
+
+    The window opens `warmup_s` after the pipeline is in its steady state: learning has started
+    and the backlog that the actors built up before it (while nothing held them back) is trained
+    away, i.e. the actors' lead over the learner is back within the driver's bound.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float,
+                 ewc_tasks: int = 1, max_wait_s: float = 900.0, quiet: bool = True):
+        super().__init__(config, run_dir, quiet=quiet)
+        self.window_s = seconds
+        self.warmup_s = warmup_s
+        self.ewc_tasks = ewc_tasks
+        self.max_wait_s = max_wait_s
+        actors = config.actors
+        self.max_lead = 2 * actors.chunk_steps * actors.envs_per_actor * actors.num_env_actors  # as in the driver
+        self.step_events: list[tuple[float, float]] = []  # (time, env steps so far) at each chunk's arrival
+        self.update_events: list[tuple[float, float]] = []  # (time, updates so far) at each slice's return
+        self.busy_events: list[tuple[float, float, float]] = []  # (time, learner wall s, CPU s inside train), cumulative
+        self.learning_since: float | None = None
+        self.steady_since: float | None = None
+        self._busy = self._cpu = 0.0
+
+    def _start_actors(self) -> None:
+        import ray
+
+        from agents.network import QNetwork
+
+        super()._start_actors()
+        if self.ewc_tasks:
+            # A merged penalty anchoring other tasks, as after a task switch (set before any update).
+            agent = self.config.agent
+            penalty = synthetic_anchors(QNetwork(agent.network), self.ewc_tasks, agent.ewc_lambda)
+            tasks = list(range(1, 1 + self.ewc_tasks))
+            ray.get(self.learner.set_anchors.remote({"ewc": penalty.state_dict(), "tasks": tasks}))
+
+    def _on_collect(self, *args, **kwargs) -> None:
+        super()._on_collect(*args, **kwargs)
+        now = time.monotonic()
+        self.step_events.append((now, self.progress.steps))
+        self._check_window(now)
+
+    def _on_train(self, metrics: dict[str, float]) -> None:
+        self._busy += metrics.pop("train_s", 0.0)
+        self._cpu += metrics.pop("train_cpu_s", 0.0)
+        super()._on_train(metrics)
+        now = time.monotonic()
+        if self.learning_since is None:
+            self.learning_since = now
+            self.say("learning started")
+        self.update_events.append((now, self.progress.updates_done))
+        self.busy_events.append((now, self._busy, self._cpu))
+        self._check_window(now)
+
+    def _check_window(self, now: float) -> None:
+        if self.steady_since is None:
+            if now - self.started > self.max_wait_s:
+                raise RuntimeError(f"training did not reach a steady state within {self.max_wait_s:g} s")
+            lead = self.progress.trainable_steps - self.progress.updates_done * self.config.agent.update_period
+            lead += sum(getattr(self, "adds", {}).values())  # chunks not yet stored (the driver's in-flight count)
+            if self.learning_since is not None and lead <= self.max_lead:
+                self.steady_since = now
+                self.say(f"steady state after {now - self.started:.0f} s; measuring for {self.window_s:g} s")
+        elif now - self.steady_since >= self.warmup_s + self.window_s:
+            self.stop_after_s = 0.0  # the loop stops cleanly at its next check
+
+    def results(self) -> dict[str, float]:
+        if self.steady_since is None:
+            raise RuntimeError("the trainer stopped before its steady state")
+        start = self.steady_since + self.warmup_s
+        steps_per_s, steps_window = steady_rate(self.step_events, start)
+        updates_per_s, _ = steady_rate(self.update_events, start)
+        busy = [(t, b, c) for t, b, c in self.busy_events if t >= start]
+        (t0, b0, c0), (t1, b1, c1) = busy[0], busy[-1]
+        return {
+            "env_steps_per_s": steps_per_s,
+            "updates_per_s": updates_per_s,
+            "env_steps_per_update": steps_per_s / updates_per_s if updates_per_s else float("nan"),
+            "learner_busy_fraction": rate(b1 - b0, t1 - t0),  # wall time inside LearnerService.train / wall time
+            "learner_cpu_per_busy_s": rate(c1 - c0, b1 - b0),  # CPU s per busy s: < threads means it waited for a core
+            "measured_s": steps_window,
+            "learning_started_s": self.learning_since - self.started,
+            "steady_after_s": self.steady_since - self.started,
+        }
+
+
+def measure_ours(config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float, quiet: bool,
+                 ewc_tasks: int = 1) -> dict[str, Any]:
+    """Run our trainer (needs `ray.init`) and return its steady-state rates (see `MeasuredTrainer`)."""
+    trainer = MeasuredTrainer(config, run_dir, seconds=seconds, warmup_s=warmup_s, ewc_tasks=ewc_tasks, quiet=quiet)
+    trainer.say(f"run directory {run_dir}")
+    trainer.run()
+    result = trainer.results()
+    result["learner_threads"] = config.actors.learner_threads
+    result["config"] = {"actors": dataclasses.asdict(config.actors)}
+    return result

@@ -1,0 +1,416 @@
+"""Benchmark: our trainer side by side with RLlib's DQN and the hardware limit, in one run on this machine.
+
+Examples:
+  python run.py bench --json bench.json                       # everything (~6 minutes on 2 cores)
+  python run.py bench --json bench.json --seconds 120         # longer training windows, steadier figures
+  python run.py bench --sections replay,fisher,ewc --json quick.json
+  python run.py bench --skip-rllib --json bench.json          # machines without ray[rllib]
+
+Sections (--sections, comma-separated; default all):
+  train    env steps/s of our trainer and of RLlib's DQN on one game at the paper's replay ratio
+           (batch 32, one update per 4 agent steps), measured over the same wall time after
+           learning started; plus the limit 4 x bare updates/s
+  learner  updates/s of our learner inside the running system vs a bare torch loop doing the same
+           update (network, batch, RMSProp, EWC gradient) with the same torch threads
+  ewc      update time with the EWC penalty merged from 1 and 10 tasks vs no penalty (key "ewc_overhead")
+  replay   bytes per stored transition (vs 4x84x84x2 naive stacked storage) and sampling rate
+  fisher   per-sample Fisher samples/s: the Atari Q-network and the 784-400-400-10 MLP
+  actors   env-only steps/s of 1, 2 and 4 Ray env actors (acting with the network, no learner)
+
+Figures that are compared are measured in the same invocation (absolute numbers on a shared
+machine drift; ratios much less). The JSON has one stable key per figure; progress goes to
+stderr. docs/performance.md explains each figure and what limits it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.errors import UsageError
+
+SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "actors")
+TARGETS = {  # issue 7, on the 2-core CPU box
+    "train_ratio_min": 4.0,
+    "learner_ratio_min": 0.85,
+    "ewc_overhead_max": 0.05,
+    "bytes_per_transition_max": 7200.0,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", dest="json_path", default=None, metavar="OUT.json",
+                        help="write the results here (default: print them on stdout)")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="measurement window of each training system after learning started (default 60); "
+                             "the micro-benchmarks scale with it")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--skip-rllib", action="store_true", help="train section without RLlib (machines without it)")
+    parser.add_argument("--game", default="Pong", help="Atari game of the training runs (default Pong)")
+    parser.add_argument("--learning-starts", type=int, default=1000,
+                        help="transitions stored before learning starts (default 1000; measured only after that)")
+    parser.add_argument("--learner-threads", type=int, default=1,
+                        help="torch threads of our learner actor and of the bare loop (default 1; see docs/performance.md)")
+    parser.add_argument("--rllib-threads", default=None, metavar="N[,N...]",
+                        help="torch threads of RLlib's learner (it runs in this process); default: --learner-threads; "
+                             "0: torch's default (all cores), RLlib out of the box. Several values: one RLlib run each, "
+                             "the first gives train.ratio, the others go under train.rllib_variants")
+    parser.add_argument("--rllib-fragment", type=int, default=None,
+                        help="RLlib env steps per runner per sampling round (default 50: 25 updates per round)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a small network (configs/smoke.yaml's) instead of the paper's: for tests, not for figures")
+    parser.add_argument("--keep-run", default=None, metavar="DIR",
+                        help="keep our trainer's run directory (metrics.jsonl, actors.json) here instead of a temp dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def parse_sections(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise UsageError(f"--sections: unknown {unknown or 'empty list'}; choose from {', '.join(SECTIONS)}")
+    return [s for s in SECTIONS if s in chosen]
+
+
+def parse_thread_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise UsageError(f"--rllib-threads expects integers >= 0 separated by commas, got {text!r}")
+    return values
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    if not args.seconds > 0:
+        raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    if args.learning_starts < 32:
+        raise UsageError(f"--learning-starts must be at least the batch size 32, got {args.learning_starts}")
+    if args.learner_threads < 1:
+        raise UsageError(f"--learner-threads must be at least 1, got {args.learner_threads}")
+    if args.rllib_threads is not None:
+        args.rllib_threads = parse_thread_list(args.rllib_threads)
+    if args.rllib_fragment is not None and args.rllib_fragment < 1:
+        raise UsageError(f"--rllib-fragment must be positive, got {args.rllib_fragment}")
+    return parse_sections(args.sections)
+
+
+def device_info() -> dict[str, Any]:
+    import numpy
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "device": "cpu",  # the learner's torch device in every section
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:
+        info["ray"] = None
+    return info
+
+
+class Bench:
+    """Runs the chosen sections in an order that keeps compared figures close in time."""
+
+    def __init__(self, args: argparse.Namespace, sections: list[str]):
+        from perf.ours import bench_run_config
+        from perf.rllib_dqn import DEFAULT_FRAGMENT
+        from envs.atari import resolve_game
+
+        self.args = args
+        self.sections = sections
+        self.quiet = args.quiet
+        self.game = resolve_game(args.game)
+        self.run_config = bench_run_config(
+            game=self.game, learning_starts=args.learning_starts, learner_threads=args.learner_threads, tiny=args.tiny
+        )
+        self.agent = self.run_config.agent
+        self.threads = args.learner_threads
+        self.seconds = args.seconds
+        self.micro_s = max(1.0, min(20.0, args.seconds / 3))  # per micro-benchmark
+        self.fragment = args.rllib_fragment or DEFAULT_FRAGMENT
+        self.rllib_threads: list[int] = args.rllib_threads or [self.threads]
+        self.report: dict[str, Any] = {}
+        set_ray_environment()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.report["device"] = device_info()
+        self.report["config"] = self.config_summary()
+        for name, key in (("replay", "replay"), ("fisher", "fisher"), ("ewc", "ewc_overhead")):
+            if name in self.sections:
+                self.say(f"section {name}")
+                self.report[key] = getattr(self, f"section_{name}")()
+        if "train" in self.sections or "learner" in self.sections:
+            self.training_sections()
+        if "actors" in self.sections:
+            self.say("section actors")
+            self.report["actors"] = self.section_actors()
+        self.report["targets"] = self.targets()
+        self.report["device"]["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self.report["wall_s"] = round(time.monotonic() - started, 1)
+        return self.report
+
+    def config_summary(self) -> dict[str, Any]:
+        cfg, agent = self.run_config, self.agent
+        return {
+            "sections": self.sections,
+            "seconds": self.seconds,
+            "micro_benchmark_s": self.micro_s,
+            "game": self.game,
+            "network": {"channels": list(agent.network.channels), "hidden": agent.network.hidden,
+                        "num_actions": agent.network.num_actions, "tiny": self.args.tiny},
+            "batch_size": agent.batch_size,
+            "update_period": agent.update_period,
+            "learning_starts": agent.learning_starts,
+            "replay_capacity": agent.replay_capacity,
+            "num_env_actors": cfg.actors.num_env_actors,
+            "envs_per_actor": cfg.actors.envs_per_actor,
+            "chunk_steps": cfg.actors.chunk_steps,
+            "weight_sync_updates": cfg.actors.weight_sync_updates,
+            "learner_threads": self.threads,
+            "rllib_fragment": self.fragment,
+            "rllib_torch_threads": self.rllib_threads,
+            "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
+            "skip_rllib": self.args.skip_rllib,
+        }
+
+    # ---- in-process micro-benchmarks -----------------------------------------------------------
+
+    def section_replay(self) -> dict[str, Any]:
+        from perf.measure import replay_figures
+
+        capacity = 5_000 if self.args.tiny else self.agent.replay_capacity
+        return replay_figures(capacity=capacity, batch_size=self.agent.batch_size, seconds=min(self.micro_s, 5.0))
+
+    def section_fisher(self) -> dict[str, Any]:
+        from perf.measure import fisher_throughput
+
+        atari = 64 if self.args.tiny else 256
+        mnist = 500 if self.args.tiny else 4000
+        out = with_torch_threads(self.threads, lambda: fisher_throughput(
+            self.agent.network, atari_samples=atari, mnist_samples=mnist, repeats=1 if self.args.tiny else 2))
+        out["torch_threads"] = self.threads
+        return out
+
+    def section_ewc(self) -> dict[str, Any]:
+        from perf.measure import ewc_overhead
+
+        out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s)
+        out["torch_threads"] = self.threads
+        return out
+
+    # ---- training systems ----------------------------------------------------------------------
+
+    def training_sections(self) -> None:
+        from perf.measure import bare_updates_per_s, learner_breakdown
+
+        bare_s = self.micro_s / 2
+        self.say(f"bare torch update loop ({self.threads} thread(s)), before the system run")
+        bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s)
+        self.say(f"our trainer: {self.game}, measuring {self.seconds:g} s after learning starts")
+        ours = self.run_ours()
+        self.say(f"ours: {ours['env_steps_per_s']:.1f} env steps/s, {ours['updates_per_s']:.2f} updates/s "
+                 f"(learner busy {ours['learner_busy_fraction']:.0%})")
+        self.say("bare torch update loop, after the system run")
+        bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s)
+        bare = (bare_before + bare_after) / 2  # brackets the system run: drifting background load averages out
+        if "learner" in self.sections:
+            self.say("learner overhead breakdown (bare / Learner.update / replay sample + update)")
+            breakdown = learner_breakdown(self.agent, threads=self.threads, seconds=self.micro_s,
+                                          replay_capacity=5_000 if self.args.tiny else 20_000)
+            self.report["learner"] = {
+                "ours_updates_per_s": ours["updates_per_s"],
+                "bare_updates_per_s": bare,
+                "ratio": ours["updates_per_s"] / bare,
+                "bare_updates_per_s_before": bare_before,
+                "bare_updates_per_s_after": bare_after,
+                "learner_busy_fraction": ours["learner_busy_fraction"],
+                "learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
+                "learner_torch_threads": ours.get("learner_torch_threads"),
+                "bare_torch_threads": self.threads,
+                "ewc_tasks_anchored": 1,
+                **breakdown,
+            }
+        if "train" in self.sections:
+            train: dict[str, Any] = {
+                "ours_env_steps_per_s": ours["env_steps_per_s"],
+                "ours_updates_per_s": ours["updates_per_s"],
+                "ours_env_steps_per_update": ours["env_steps_per_update"],
+                "ours_measured_s": ours["measured_s"],
+                "ours_steady_after_s": ours["steady_after_s"],
+                "limit_env_steps_per_s": self.agent.update_period * bare,  # a learner that never waits, at bare speed
+                "ours_fraction_of_limit": ours["env_steps_per_s"] / (self.agent.update_period * bare),
+            }
+            if self.args.skip_rllib:
+                train.update(rllib_env_steps_per_s=None, ratio=None, rllib_skipped=True)
+            else:
+                rllib, *variants = [self.run_rllib(threads) for threads in self.rllib_threads]
+                if variants:
+                    train["rllib_variants"] = [
+                        {"torch_threads": v["torch_threads"], "env_steps_per_s": v["env_steps_per_s"],
+                         "updates_per_s": v["updates_per_s"], "ratio": ours["env_steps_per_s"] / v["env_steps_per_s"],
+                         "measured_s": v["measured_s"], "time_shares": v["time_shares"],
+                         "learner_update_ms": v["learner_update_ms"]}
+                        for v in variants
+                    ]
+                train.update(
+                    rllib_env_steps_per_s=rllib["env_steps_per_s"],
+                    rllib_updates_per_s=rllib["updates_per_s"],
+                    rllib_env_steps_per_update=rllib["env_steps_per_update"],
+                    rllib_measured_s=rllib["measured_s"],
+                    rllib_iterations=rllib["iterations"],
+                    rllib_build_s=rllib["build_s"],
+                    rllib_torch_threads=rllib["torch_threads"],
+                    rllib_time_shares=rllib["time_shares"],
+                    rllib_learner_update_ms=rllib["learner_update_ms"],
+                    ratio=ours["env_steps_per_s"] / rllib["env_steps_per_s"],
+                )
+            self.report["train"] = train
+
+    def run_ours(self) -> dict[str, Any]:
+        import ray
+
+        from perf.ours import measure_ours
+
+        keep = Path(self.args.keep_run) if self.args.keep_run else None
+        run_dir = keep or Path(tempfile.mkdtemp(prefix="bench-ours-"))
+        init_local_ray()
+        try:
+            result = measure_ours(self.run_config, run_dir, seconds=self.seconds,
+                                  warmup_s=min(5.0, self.seconds / 6), quiet=self.quiet)
+            placement = json.loads((run_dir / "actors.json").read_text())
+            result["learner_torch_threads"] = placement["learner"].get("torch_threads")
+        finally:
+            ray.shutdown()
+            if keep is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        return result
+
+    def run_rllib(self, threads: int) -> dict[str, Any]:
+        import ray
+
+        from perf.rllib_dqn import config_notes, measure_rllib
+
+        shown = threads or "torch's default number of"
+        self.say(f"RLlib DQN: {self.game}, {shown} learner threads, measuring {self.seconds:g} s after learning starts")
+        if "notes" not in self.report:
+            self.report["notes"] = config_notes(self.run_config, self.fragment)
+        init_local_ray()
+        try:
+            result = measure_rllib(self.run_config, self.seconds, fragment=self.fragment, threads=threads,
+                                   quiet=self.quiet)
+        finally:
+            ray.shutdown()
+        self.say(f"rllib: {result['env_steps_per_s']:.1f} env steps/s, {result['updates_per_s']:.2f} updates/s")
+        return result
+
+    def section_actors(self) -> dict[str, Any]:
+        import ray
+
+        from perf.measure import act_ms, actor_scaling, raw_env_steps_per_s
+
+        seconds = max(1.0, min(10.0, self.seconds / 6))
+        out: dict[str, Any] = {
+            "raw_env_steps_per_s_one_process": raw_env_steps_per_s(self.game, seconds),
+            "act_forward_ms": act_ms(self.agent.network, min(seconds, 3.0)),
+        }
+        init_local_ray()
+        try:
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            out.update(actor_scaling(self.game, self.agent.network, counts=(1, 2, 4), seconds=seconds,
+                                     chunk_steps=self.run_config.actors.chunk_steps, total_cpus=cpus))
+        finally:
+            ray.shutdown()
+        out["seconds_each"] = seconds
+        return out
+
+    # ---- verdicts --------------------------------------------------------------------------------
+
+    def targets(self) -> dict[str, Any]:
+        r, out = self.report, {}
+        if r.get("train", {}).get("ratio") is not None:
+            out["train_ratio_ge_4"] = r["train"]["ratio"] >= TARGETS["train_ratio_min"]
+        if "learner" in r:
+            out["learner_ratio_ge_0.85"] = r["learner"]["ratio"] >= TARGETS["learner_ratio_min"]
+        if "ewc_overhead" in r:
+            ewc = r["ewc_overhead"]
+            out["ewc_overhead_le_5pct"] = max(ewc["tasks_1"], ewc["tasks_10"]) <= TARGETS["ewc_overhead_max"]
+        if "replay" in r:
+            out["bytes_per_transition_le_7200"] = r["replay"]["bytes_per_transition"] <= TARGETS["bytes_per_transition_max"]
+        return out
+
+
+def with_torch_threads(threads: int, fn):
+    from perf.measure import with_threads
+
+    return with_threads(threads, fn)
+
+
+def set_ray_environment() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # see init_local_ray
+
+
+def init_local_ray() -> None:
+    """A fresh local Ray instance per system, so that one's actors never share it with the other's.
+
+    Ray runs its worker processes at nice 15 by default, which on a shared machine hands their
+    CPU to everything else. RLlib's learner lives in this (nice 0) process, ours in a worker:
+    both systems' workers run at nice 0 here, so that priority does not decide the comparison.
+    """
+    import ray
+
+    set_ray_environment()
+    ray.init(include_dashboard=False, logging_level="error", log_to_driver=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    sections = check_args(args)
+    if "train" in sections and not args.skip_rllib:
+        try:
+            import ray.rllib  # noqa: F401  (only checks that it is there)
+        except ImportError:
+            raise UsageError('RLlib is not installed: pip install torch==2.13.0 "ray[rllib]", or pass --skip-rllib') from None
+    if args.json_path:
+        out_path = Path(args.json_path)
+        if out_path.parent and not out_path.parent.exists():
+            raise UsageError(f"--json: directory {str(out_path.parent)!r} does not exist")
+    report = Bench(args, sections).run()
+    text = json.dumps(report, indent=2, default=float)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n")
+        if not args.quiet:
+            print(f"[bench] wrote {args.json_path}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
