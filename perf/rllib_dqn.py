@@ -153,8 +153,8 @@ def config_notes(run_config: RunConfig, fragment: int = DEFAULT_FRAGMENT) -> lis
     agent = run_config.agent
     rounds = updates_per_round(run_config, fragment)
     return [
-        f"optimizer: RLlib's torch learner hard-codes Adam (lr {agent.learning_rate:g}); ours is centered RMSProp "
-        f"(lr {agent.learning_rate:g}, alpha {agent.rmsprop_alpha}, eps {agent.rmsprop_eps}); the per-update cost is similar",
+        f"optimizer: RLlib's torch learner hard-codes Adam (lr {agent.learning_rate:g}); ours is RMSProp "
+        f"({'centered, ' if agent.rmsprop_centered else ''}lr {agent.learning_rate:g}, alpha {agent.rmsprop_alpha}, eps {agent.rmsprop_eps}); the per-update cost is similar",
         "network: same conv 32/64/128 (valid padding) + FC hidden + 18 outputs, but plain biases instead of "
         "per-task gains and biases, and no EWC penalty (RLlib has none)",
         "frame stacking: done in an env wrapper (RLlib's FrameStacking connectors are not used: their DQN path "
