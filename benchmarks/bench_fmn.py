@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from envs.atari import AtariSettings, make_atari_env
+from envs.atari import random_policy_frames
 from fmn import ForgetMeNot
 
 # Games whose random-policy frames stay one task each (Krull and Enduro change scenes).
@@ -31,19 +31,6 @@ GAMES = (
 WARMUP_FRAMES = 200  # per game, to create its task
 VISIT_FRAMES = 300  # per visit in the timed stream
 POOL_FRAMES = 600  # per game for the timed stream, reused cyclically
-
-
-def play(game: str, num_frames: int, seed: int = 0) -> np.ndarray:
-    """Preprocessed frames of `game` played by a uniformly random policy."""
-    env = make_atari_env(game, seed=seed, settings=AtariSettings())
-    frames = np.empty((num_frames, 84, 84), dtype=np.uint8)
-    for i in range(num_frames):
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        frames[i] = frame
-        if terminated or truncated:
-            env.reset()
-    env.close()
-    return frames
 
 
 def timed_stream(frames_by_game: list[np.ndarray], num_frames: int) -> np.ndarray:
@@ -65,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    pools = [play(game, WARMUP_FRAMES + POOL_FRAMES) for game in GAMES]
+    pools = [random_policy_frames(game, WARMUP_FRAMES + POOL_FRAMES) for game in GAMES]
     print(f"played {len(GAMES)} games in {time.perf_counter() - started:.1f}s; "
           f"timing {args.frames} frames per row, observe_every={args.observe_every}")
     print(f"{'games':>5} {'tasks':>5} {'observe fr/s':>13} {'batch fr/s':>11} {'us/frame':>9}")

@@ -118,3 +118,16 @@ def make_atari_env(game: str, *, seed: int | None = None, settings: AtariSetting
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+def random_policy_frames(game: str, num_frames: int, seed: int = 0) -> np.ndarray:
+    """`num_frames` preprocessed frames (uint8, (N, 84, 84)) of `game` played by a uniformly random policy."""
+    env = make_atari_env(game, seed=seed)
+    frames = np.empty((num_frames, *FRAME_SHAPE), dtype=np.uint8)
+    for i in range(num_frames):
+        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        frames[i] = frame
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    return frames

@@ -49,7 +49,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -66,6 +65,7 @@ from experiments.mnist_data import (
     load_mnist,
 )
 from experiments.plotting import panels
+from experiments.sgd import sgd_epoch
 
 TASK_B_STARTS: tuple[str, ...] = ("task-a", "scratch")
 EVAL_BATCH_SIZE = 2000  # evaluation only; changes nothing but speed
@@ -193,20 +193,8 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, cfg: Config, generat
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(labels), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if penalty is not None:
-                penalty.proximal_step(model, cfg.lr)
-            total += loss.item() * len(batch)
-        mean_loss = total / len(labels)
-        if not math.isfinite(mean_loss):
-            raise UsageError(f"training diverged (loss {mean_loss}); lower --lr")
+        mean_loss = sgd_epoch(model, optimizer, images, labels, batch_size=cfg.batch_size, lr=cfg.lr,
+                              penalty=penalty, generator=generator)
         report(epoch, mean_loss)
 
 

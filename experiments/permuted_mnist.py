@@ -62,7 +62,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -79,6 +78,7 @@ from experiments.mnist_data import (
     stratified_split,
 )
 from experiments.plotting import plot_task_accuracies, task_name
+from experiments.sgd import sgd_epoch
 
 METHODS: tuple[str, ...] = ("sgd", "l2", "ewc")
 EVAL_BATCH_SIZE = 2000  # evaluation only; large batches are faster and change nothing
@@ -254,20 +254,8 @@ def train_task(
     history: list[EpochRecord] = []
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(labels), generator=generator)
-        total_loss = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if penalty is not None:
-                penalty.proximal_step(model, cfg.lr)
-            total_loss += loss.item() * len(batch)
-        train_loss = total_loss / len(labels)
-        if not math.isfinite(train_loss):
-            raise UsageError(f"training diverged (loss {train_loss}); lower --lr")
+        train_loss = sgd_epoch(model, optimizer, images, labels, batch_size=cfg.batch_size, lr=cfg.lr,
+                              penalty=penalty, generator=generator)
         record = EpochRecord(epoch, train_loss, accuracy(model, split.test_images, split.test_labels, perm))
         if split.val_images is not None:
             record.val_accuracy = accuracy(model, split.val_images, split.val_labels, perm)

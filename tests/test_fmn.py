@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.errors import UsageError
-from envs.atari import AtariSettings, make_atari_env
+from envs.atari import random_policy_frames
 from fmn import ForgetMeNot
 
 GAMES = ("Pong", "Breakout", "SpaceInvaders", "Boxing", "Freeway")
@@ -19,23 +19,11 @@ VISIT_FRAMES = 300  # not a multiple of a window (16 frames): switches fall insi
 WINDOW_FRAMES = 4 * 4  # default window (4 observations) x observe_every (4 frames)
 
 
-def play(game: str, num_frames: int, seed: int) -> np.ndarray:
-    env = make_atari_env(game, seed=seed, settings=AtariSettings())
-    frames = np.empty((num_frames, 84, 84), dtype=np.uint8)
-    for i in range(num_frames):
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        frames[i] = frame
-        if terminated or truncated:
-            env.reset()
-    env.close()
-    return frames
-
-
 @pytest.fixture(scope="module")
 def game_frames() -> dict[str, np.ndarray]:
     """Consecutive frames per game, enough for all its visits (a revisit continues the same play)."""
     visits_per_game = Counter(VISITS)
-    return {game: play(game, visits_per_game[game] * VISIT_FRAMES, seed=i) for i, game in enumerate(GAMES)}
+    return {game: random_policy_frames(game, visits_per_game[game] * VISIT_FRAMES, seed=i) for i, game in enumerate(GAMES)}
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +158,8 @@ def test_a_one_frame_flash_does_not_make_a_task(game_frames):
 def test_a_black_background_game_is_not_explained_by_another():
     """SpaceInvaders shares most of its black screen with Gopher and Asterix; they must stay apart."""
     fmn = ForgetMeNot()
-    fmn.observe_batch(play("SpaceInvaders", 300, seed=7))
-    labels = fmn.observe_batch(play("Asterix", 300, seed=7))
+    fmn.observe_batch(random_policy_frames("SpaceInvaders", 300, seed=7))
+    labels = fmn.observe_batch(random_policy_frames("Asterix", 300, seed=7))
     assert fmn.num_tasks == 2 and labels[-1] == 1
 
 
