@@ -46,6 +46,9 @@ def init_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray starts workers at nice 15, so on a shared machine other jobs take the learner's core (the run's
+    # bottleneck); normal priority for the workers of a local instance (a cluster's nodes set their own).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         if address:
             ray.init(address=address, logging_level="warning")
