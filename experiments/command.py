@@ -14,6 +14,15 @@ from common.results import Progress, write_json_atomic
 from experiments.plotting import check_figure_path, save_figure
 
 
+def comma_list(text: str, option: str, convert: Callable[[str], Any]) -> tuple:
+    """'8, 16,26' -> (8, 16, 26) with `convert` per item; a bad item is a UsageError naming the option."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return tuple(convert(item) for item in items)
+    except ValueError:
+        raise UsageError(f"{option} expects a comma-separated list, got {text!r}") from None
+
+
 def start_command(args: argparse.Namespace) -> Progress:
     """Check --threads, --json and --plot before a long run (not after it); returns the progress printer."""
     if args.threads < 1:

@@ -56,7 +56,7 @@ from common.errors import UsageError
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher, fisher_overlap
-from experiments.command import finish_command, start_command
+from experiments.command import comma_list, finish_command, start_command
 from experiments.mnist_data import (
     IMAGE_SIDE,
     NUM_CLASSES,
@@ -332,14 +332,6 @@ def plot_overlap(result: dict) -> Figure:
 # ----------------------------------------------------------------------------- command line
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    try:
-        return tuple(int(item) for item in items)
-    except ValueError:
-        raise UsageError(f"{option} expects comma-separated integers, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     exp = parser.add_argument_group("experiment")
@@ -377,7 +369,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = replace(
-        DEFAULTS, patch_sizes=_int_list(args.patch_sizes, "--patch-sizes"), seeds=_int_list(args.seeds, "--seeds"),
+        DEFAULTS, patch_sizes=comma_list(args.patch_sizes, "--patch-sizes", int), seeds=comma_list(args.seeds, "--seeds", int),
         hidden_layers=args.hidden_layers, width=args.width, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, ewc_lambda=args.ewc_lambda, task_b_start=args.task_b_start,
         fisher=args.fisher, fisher_samples=args.fisher_samples, data_dir=args.data_dir,

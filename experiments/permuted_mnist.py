@@ -69,7 +69,7 @@ from common.errors import UsageError
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher
-from experiments.command import finish_command, start_command
+from experiments.command import comma_list, finish_command, start_command
 from experiments.mnist_data import (
     NUM_CLASSES,
     NUM_PIXELS,
@@ -378,14 +378,6 @@ def summary_table(result: dict) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def _comma_list(text: str, option: str, convert: Callable[[str], object]) -> tuple:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    try:
-        return tuple(convert(item) for item in items)
-    except ValueError:
-        raise UsageError(f"{option} expects a comma-separated list, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     exp = parser.add_argument_group("experiment")
@@ -429,8 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    methods = tuple(dict.fromkeys(m.lower() for m in _comma_list(args.methods, "--methods", str)))  # dedupe
-    hidden = _comma_list(args.hidden, "--hidden", int)
+    methods = tuple(dict.fromkeys(m.lower() for m in comma_list(args.methods, "--methods", str)))  # dedupe
+    hidden = comma_list(args.hidden, "--hidden", int)
     cfg = replace(
         DEFAULTS, tasks=args.tasks, methods=methods, hidden=hidden, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, ewc_lambda=args.ewc_lambda, l2_lambda=args.l2_lambda, fisher=args.fisher,

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from common.errors import UsageError
 from common.results import Progress
 from ewc import EWCPenalty
-from experiments.command import finish_command, start_command
+from experiments.command import comma_list, finish_command, start_command
 from experiments.plotting import method_style, panels
 
 METHODS: tuple[str, ...] = ("gd", "ewc", "l2")
@@ -445,14 +445,6 @@ def plot_patterns(result: dict) -> Figure:
 # ----------------------------------------------------------------------------- command line
 
 
-def _number_list(text: str, option: str, convert: type) -> tuple:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    try:
-        return tuple(convert(item) for item in items)
-    except ValueError:
-        raise UsageError(f"{option} expects a comma-separated list of numbers, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     stream = parser.add_argument_group("stream and model")
@@ -497,9 +489,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     methods = tuple(dict.fromkeys(m.strip().lower() for m in args.methods.split(",") if m.strip()))
     cfg = replace(
         DEFAULTS, inputs=args.inputs, hidden=args.hidden, patterns=args.patterns, steps=args.steps,
-        methods=methods, gd_lrs=_number_list(args.gd_lrs, "--gd-lrs", float), ewc_lr=args.ewc_lr,
+        methods=methods, gd_lrs=comma_list(args.gd_lrs, "--gd-lrs", float), ewc_lr=args.ewc_lr,
         ewc_lambda=args.ewc_lambda, ewc_anchors=args.ewc_anchors, snr_threshold=args.snr_threshold,
-        probes=args.probes, eval_every=args.eval_every, seeds=_number_list(args.seeds, "--seeds", int),
+        probes=args.probes, eval_every=args.eval_every, seeds=comma_list(args.seeds, "--seeds", int),
     )
     cfg.validate()
     return cfg
