@@ -23,6 +23,17 @@ def comma_list(text: str, option: str, convert: Callable[[str], Any]) -> tuple:
         raise UsageError(f"{option} expects a comma-separated list, got {text!r}") from None
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, plot_help: str) -> None:
+    """--json, --plot, --threads, --quiet: the options start_command and finish_command act on."""
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    out.add_argument("--plot", metavar="PATH", help=plot_help)
+    # measured on the shared 2-core box: a 2nd thread only spins (5 s -> 30-57 s of CPU for the MNIST run)
+    out.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (default: %(default)s; these small networks gain little from more)")
+    out.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+
+
 def start_command(args: argparse.Namespace) -> Progress:
     """Check --threads, --json and --plot before a long run (not after it); returns the progress printer."""
     if args.threads < 1:

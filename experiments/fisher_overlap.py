@@ -56,7 +56,12 @@ from common.errors import UsageError
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher, fisher_overlap
-from experiments.command import comma_list, finish_command, start_command
+from experiments.command import (
+    add_output_arguments,
+    comma_list,
+    finish_command,
+    start_command,
+)
 from experiments.mnist_data import (
     IMAGE_SIDE,
     NUM_CLASSES,
@@ -360,11 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     fisher.add_argument("--fisher-samples", type=int, default=d.fisher_samples,
                         help="training digits of each task the Fisher is averaged over (default: %(default)s)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    out.add_argument("--plot", metavar="PATH", help="save the overlap-vs-depth figure (e.g. .png)")
-    out.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    out.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_output_arguments(parser, "save the overlap-vs-depth figure (e.g. .png)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -69,7 +69,12 @@ from common.errors import UsageError
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher
-from experiments.command import comma_list, finish_command, start_command
+from experiments.command import (
+    add_output_arguments,
+    comma_list,
+    finish_command,
+    start_command,
+)
 from experiments.mnist_data import (
     NUM_CLASSES,
     NUM_PIXELS,
@@ -83,7 +88,6 @@ from experiments.sgd import sgd_epoch
 METHODS: tuple[str, ...] = ("sgd", "l2", "ewc")
 EVAL_BATCH_SIZE = 2000  # evaluation only; large batches are faster and change nothing
 FISHER_BATCH_SIZE = 256  # chunk size for the per-sample Fisher; memory only, not the result
-DEFAULT_THREADS = 1  # measured on the shared 2-core box: a 2nd thread only spins (5 s -> 30-57 s of CPU)
 
 
 @dataclass(frozen=True)
@@ -412,12 +416,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pen.add_argument("--fisher-samples", type=int, default=d.fisher_samples,
                      help="training digits (a random subset if fewer) the Fisher is averaged over "
                           "(default: %(default)s)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    out.add_argument("--plot", metavar="PATH", help="save the Fig. 2A/2B-style figure (e.g. .png)")
-    out.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                     help="torch CPU threads (default: %(default)s; this small network gains little from more)")
-    out.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_output_arguments(parser, "save the Fig. 2A/2B-style figure (e.g. .png)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

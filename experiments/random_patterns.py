@@ -72,7 +72,12 @@ from torch import Tensor, nn
 from common.errors import UsageError
 from common.results import Progress
 from ewc import EWCPenalty
-from experiments.command import comma_list, finish_command, start_command
+from experiments.command import (
+    add_output_arguments,
+    comma_list,
+    finish_command,
+    start_command,
+)
 from experiments.plotting import method_style, panels
 
 METHODS: tuple[str, ...] = ("gd", "ewc", "l2")
@@ -478,11 +483,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="unseen random patterns that measure the noise (default: %(default)s)")
     score.add_argument("--eval-every", type=int, default=d.eval_every,
                        help="count recalled patterns after every this many (default: %(default)s)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    out.add_argument("--plot", metavar="PATH", help="save the figure (e.g. .png)")
-    out.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    out.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_output_arguments(parser, "save the figure (e.g. .png)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
