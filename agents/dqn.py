@@ -24,7 +24,9 @@ updates after the first consolidation).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import logging
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -285,13 +287,43 @@ def _td_squared_grads(
     return squares
 
 
+class _DropProfilerNotice(logging.Filter):
+    """Drops dynamo's notice that the step's profiler annotation is left out of compiled code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Profiler record function" not in record.getMessage()
+
+
+_PROFILER_NOTICE = _DropProfilerNotice()  # one instance: addFilter skips filters it already has
+
+
+def compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """`optimizer.step` compiled by torch.compile; compiles at its first call."""
+    logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_PROFILER_NOTICE)
+
+    @torch.compile(fullgraph=False)
+    def step() -> None:
+        optimizer.step()
+
+    return step
+
+
 # ---- the learner --------------------------------------------------------------------------
 
 
 class Learner:
-    """Online and target Q-networks, RMSProp, and the merged EWC penalty over the shared weights."""
+    """Online and target Q-networks, RMSProp, and the merged EWC penalty over the shared weights.
 
-    def __init__(self, config: DQNConfig = DQNConfig(), device: torch.device | str = "cpu", seed: int = 0):
+    `compile_step`: run RMSProp's step through `torch.compile`, which fuses its five passes over
+    the weights into one loop (on 2 CPU cores: 20 ms -> 6 ms of a ~90 ms update with the paper's
+    network). Compiling takes seconds once per process and needs a C++ compiler (Triton on a
+    GPU); where it fails, the learner says so once and keeps the eager step.
+    """
+
+    def __init__(
+        self, config: DQNConfig = DQNConfig(), device: torch.device | str = "cpu", seed: int = 0,
+        *, compile_step: bool = False,
+    ):
         self.config = config
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
@@ -305,6 +337,9 @@ class Learner:
             eps=config.rmsprop_eps,
             centered=config.rmsprop_centered,
         )
+        self.compile_failure: str | None = None  # why the compiled optimizer step was given up, if it was
+        self._compiled_step = compiled_optimizer_step(self.optimizer) if compile_step else None
+        self._compiled_step_ran = False
         self.shared_names = shared_parameter_names(self.online)
         self.ewc = EWCPenalty(
             config.ewc_lambda, online=config.ewc_online, gamma=config.ewc_online_gamma, include=self.shared_names
@@ -353,7 +388,7 @@ class Learner:
             weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
         else:
             self.nonfinite_in_a_row = 0
-            self.optimizer.step()
+            self._optimizer_step()
             self.num_updates += 1
             if self.num_updates % cfg.target_update_period == 0:
                 self.sync_target()
@@ -367,6 +402,30 @@ class Learner:
             "weights_nonfinite": int(weights_nonfinite),
             "updates": self.num_updates,
         }
+
+    def _optimizer_step(self) -> None:
+        if self._compiled_step is None:
+            self.optimizer.step()
+            return
+        try:
+            self._compiled_step()
+        except Exception as err:
+            if self._compiled_step_ran:
+                raise
+            # The first call compiles, and a failure there (no C++ compiler, unsupported device)
+            # comes before the step ran: the eager step takes over with nothing half-applied.
+            self.compile_failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            print(f"[learner] torch.compile of the optimizer step failed ({self.compile_failure}); "
+                  "using the eager step", file=sys.stderr, flush=True)
+            self._compiled_step = None
+            self.optimizer.step()
+            return
+        self._compiled_step_ran = True
+
+    @property
+    def step_compiled(self) -> bool:
+        """Whether optimizer steps go through the compiled function."""
+        return self._compiled_step is not None
 
     def sync_target(self) -> None:
         self.target.load_state_dict(self.online.state_dict())
@@ -451,7 +510,8 @@ class Learner:
         try:
             self.online.load_state_dict(state["online"])
             self.target.load_state_dict(state["target"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            # torch keeps the given state tensors (no copy): a copy keeps this learner independent of `state`
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
             self.set_anchors(state["ewc"], state["anchored_tasks"])
             self.frames_per_task = {int(t): int(n) for t, n in dict(state["frames_per_task"]).items()}
             self.num_updates, self.num_skipped = int(state["num_updates"]), int(state["num_skipped"])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.dqn import DQNConfig, Learner, q_network_fisher
+from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, q_network_fisher
 from agents.network import NetworkConfig, QNetwork, shared_parameter_names
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
@@ -131,9 +131,10 @@ def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed
 
 class BareUpdate:
     """One Double-DQN update in plain torch: the same network, batch, optimiser and EWC gradient as
-    `agents.dqn.Learner.update`, without metrics, checks, replay or actors: the compute limit."""
+    `agents.dqn.Learner.update`, without metrics, checks, replay or actors: the compute limit.
+    `compile_step` as in `Learner`: RMSProp's step through torch.compile."""
 
-    def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0):
+    def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False):
         self.cfg = config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -143,6 +144,7 @@ class BareUpdate:
             self.online.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha,
             eps=config.rmsprop_eps, centered=config.rmsprop_centered,
         )
+        self.step = compiled_optimizer_step(self.optimizer) if compile_step else self.optimizer.step
         batch = random_batch(config.batch_size, config.network.num_actions, seed=seed)
         self.states = torch.from_numpy(batch.states)
         self.next_states = torch.from_numpy(batch.next_states)
@@ -174,7 +176,7 @@ class BareUpdate:
                 torch._foreach_addcmul_(grads, self.scale, self.shared)
                 torch._foreach_sub_(grads, self.offset)
         nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.step()
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
@@ -187,19 +189,24 @@ def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
         torch.set_num_threads(previous)
 
 
-def bare_updates_per_s(config: DQNConfig, *, threads: int, seconds: float, ewc_tasks: int = 1) -> float:
+def bare_updates_per_s(
+    config: DQNConfig, *, threads: int, seconds: float, ewc_tasks: int = 1, compile_step: bool = False
+) -> float:
     """Updates/s of `BareUpdate` with `threads` torch threads: 1 / median time of blocks of 3 updates
     over about `seconds` (a median shrugs off bursts of load from other processes)."""
-    update = BareUpdate(config, ewc_tasks=ewc_tasks)
+    update = BareUpdate(config, ewc_tasks=ewc_tasks, compile_step=compile_step)
     median = with_threads(threads, lambda: interleaved_medians({"bare": update}, seconds=seconds, block=3))["bare"]
     return 1.0 / median
 
 
-def learner_breakdown(config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000) -> dict[str, float]:
+def learner_breakdown(
+    config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000, compile_step: bool = False
+) -> dict[str, float]:
     """Seconds per update, interleaved: bare torch, `Learner.update` on a ready batch, and replay
-    sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is."""
-    bare = BareUpdate(config, ewc_tasks=1)
-    learner = Learner(dataclasses.replace(config, ewc_min_frames=0))
+    sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is.
+    With `compile_step`, also the bare update with the eager optimizer step ("bare_eager"): what compiling gains."""
+    bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step)
+    learner = Learner(dataclasses.replace(config, ewc_min_frames=0), compile_step=compile_step)
     penalty = synthetic_anchors(learner.online, 1, config.ewc_lambda)
     learner.set_anchors(penalty.state_dict(), [1])
     batch = random_batch(config.batch_size, config.network.num_actions)
@@ -209,25 +216,28 @@ def learner_breakdown(config: DQNConfig, *, threads: int, seconds: float, replay
     def sampled() -> None:
         learner.update(replay.sample(config.batch_size), 0, report_penalty=False)
 
-    samples = with_threads(threads, lambda: interleaved_samples(
-        {
-            "bare": bare,
-            "learner_update": lambda: learner.update(batch, 0, report_penalty=False),
-            "sample_and_update": sampled,
-        },
-        seconds=seconds,
-        block=2,
-    ))
-    out = {f"{name}_ms": 1e3 * statistics.median(values) for name, values in samples.items()}
-    for name in ("learner_update", "sample_and_update"):
-        out[f"{name}_over_bare"] = paired_ratio(samples, name, "bare")[0]
+    fns: dict[str, Callable[[], Any]] = {
+        "bare": bare,
+        "learner_update": lambda: learner.update(batch, 0, report_penalty=False),
+        "sample_and_update": sampled,
+    }
+    if compile_step:
+        fns["bare_eager"] = BareUpdate(config, ewc_tasks=1)
+    samples = with_threads(threads, lambda: interleaved_samples(fns, seconds=seconds, block=2))
+    out: dict[str, Any] = {f"{name}_ms": 1e3 * statistics.median(values) for name, values in samples.items()}
+    for name in fns:
+        if name != "bare":
+            out[f"{name}_over_bare"] = paired_ratio(samples, name, "bare")[0]
+    out["compiled_optimizer_step"] = compile_step and learner.step_compiled
     return out
 
 
 # ---- EWC overhead -----------------------------------------------------------------------------
 
 
-def ewc_overhead(config: DQNConfig, *, threads: int, seconds: float, report_every_s: float | None = None) -> dict[str, float]:
+def ewc_overhead(
+    config: DQNConfig, *, threads: int, seconds: float, report_every_s: float | None = None, compile_step: bool = False
+) -> dict[str, float]:
     """The EWC penalty's cost per `Learner.update`, merged from 1 and from 10 tasks, against no penalty.
 
     "tasks_1" / "tasks_10": whole `Learner.update` time with the penalty over the time without,
@@ -251,7 +261,7 @@ def ewc_overhead(config: DQNConfig, *, threads: int, seconds: float, report_ever
     }
     learners = {}  # one per case, so that no timed call pays for switching anchors
     for name, (state, tasks) in states.items():
-        learners[name] = Learner(dataclasses.replace(config, ewc_min_frames=0))
+        learners[name] = Learner(dataclasses.replace(config, ewc_min_frames=0), compile_step=compile_step)
         learners[name].set_anchors(state, tasks)
     last_report = {name: -float("inf") for name in states}
 

@@ -20,7 +20,8 @@ SECTION_KEYS = {
     "train": {"ours_env_steps_per_s", "rllib_env_steps_per_s", "ratio", "ours_updates_per_s",
               "ours_env_steps_per_update", "limit_env_steps_per_s", "ours_fraction_of_limit"},
     "learner": {"ours_updates_per_s", "bare_updates_per_s", "ratio", "learner_busy_fraction",
-                "learner_cpu_per_busy_s", "bare_ms", "learner_update_ms", "sample_and_update_ms"},
+                "learner_cpu_per_busy_s", "bare_ms", "learner_update_ms", "sample_and_update_ms",
+                "compiled_optimizer_step", "bare_eager_over_bare"},
     "ewc_overhead": {"tasks_1", "tasks_10", "tasks_1_stderr", "isolated_tasks_1", "isolated_tasks_10", "update_ms_no_penalty",
             "penalty_gradient_ms_tasks_1", "penalty_gradient_ms_tasks_10"},
     "replay": {"bytes_per_transition", "naive_stacked_bytes_per_transition", "sample_transitions_per_s"},
@@ -51,6 +52,8 @@ def test_bench_writes_every_section_under_stable_keys(tmp_path):
     assert report["config"]["network"]["tiny"] and report["device"]["device"] == "cpu"
     assert report["replay"]["naive_stacked_bytes_per_transition"] == 4 * 84 * 84 * 2
     assert report["learner"]["learner_torch_threads"] == 1
+    # configs/paper.yaml compiles the optimizer step; this machine has the C++ compiler it needs
+    assert report["config"]["learner_compiled_optimizer_step"] and report["learner"]["compiled_optimizer_step"]
     assert set(report["targets"]) == {"learner_ratio_ge_0.85", "ewc_overhead_le_5pct", "bytes_per_transition_le_7200"}
 
 

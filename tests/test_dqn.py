@@ -272,6 +272,58 @@ def test_state_dict_round_trip_restores_everything():
     assert same_weights(snapshot(original.target), snapshot(restored.target))
 
 
+def test_compiled_optimizer_step_takes_the_eager_steps_also_after_a_restore():
+    config = replace(SMALL, ewc_min_frames=0)
+    eager, compiled = Learner(config, seed=0), Learner(config, seed=0, compile_step=True)
+    for learner in (eager, compiled):  # with an active EWC penalty, as after a task switch
+        learner.consolidate(0, {n: torch.ones_like(p) for n, p in learner.online.named_parameters()
+                                if n in learner.shared_names})
+    for i in range(4):
+        assert eager.update(random_batch(8, seed=i), task=1 + i % 2) == pytest.approx(
+            compiled.update(random_batch(8, seed=i), task=1 + i % 2), rel=1e-4, abs=1e-6)
+    assert compiled.step_compiled and compiled.compile_failure is None
+    # A restore replaces the optimizer state the compiled step was traced with.
+    restored = Learner(config, seed=5, compile_step=True)
+    restored.update(random_batch(8), task=0)  # compiled against its own state first
+    restored.load_state_dict(eager.state_dict())
+    for i in range(4, 7):
+        eager.update(random_batch(8, seed=i), task=1)
+        restored.update(random_batch(8, seed=i), task=1)
+    for name, value in snapshot(eager.online).items():
+        torch.testing.assert_close(snapshot(restored.online)[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch, capsys):
+    def cannot_compile(optimizer):
+        def step():
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return step
+
+    monkeypatch.setattr("agents.dqn.compiled_optimizer_step", cannot_compile)
+    eager, learner = Learner(SMALL, seed=0), Learner(SMALL, seed=0, compile_step=True)
+    for i in range(2):
+        assert learner.update(random_batch(8, seed=i), task=0) == eager.update(random_batch(8, seed=i), task=0)
+    assert same_weights(snapshot(eager.online), snapshot(learner.online))
+    assert not learner.step_compiled and "No working C++ compiler" in learner.compile_failure
+    assert capsys.readouterr().err.count("using the eager step") == 1
+
+    def breaks_later(optimizer):  # compiled fine, then failed: a real error, not a compile problem
+        calls = []
+
+        def step():
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("out of memory")
+            optimizer.step()
+        return step
+
+    monkeypatch.setattr("agents.dqn.compiled_optimizer_step", breaks_later)
+    learner = Learner(SMALL, seed=0, compile_step=True)
+    learner.update(random_batch(8), task=0)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        learner.update(random_batch(8), task=0)
+
+
 def test_weights_for_actors_are_cpu_copies_and_load_back():
     learner = Learner(SMALL, seed=0)
     weights = learner.weights()

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transitions stored before learning starts (default 1000; measured only after that)")
     parser.add_argument("--learner-threads", type=int, default=1,
                         help="torch threads of our learner actor and of the bare loop (default 1; see docs/performance.md)")
+    parser.add_argument("--eager-step", action="store_true",
+                        help="our learner and the bare loop take RMSProp's eager step instead of the compiled one "
+                             "(configs/paper.yaml's actors.learner_compile)")
     parser.add_argument("--rllib-threads", default=None, metavar="N[,N...]",
                         help="torch threads of RLlib's learner (it runs in this process); default: --learner-threads; "
                              "0: torch's default (all cores), RLlib out of the box. Several values: one RLlib run each, "
@@ -147,8 +150,10 @@ class Bench:
         self.quiet = args.quiet
         self.game = resolve_game(args.game)
         self.run_config = bench_run_config(
-            game=self.game, learning_starts=args.learning_starts, learner_threads=args.learner_threads, tiny=args.tiny
+            game=self.game, learning_starts=args.learning_starts, learner_threads=args.learner_threads, tiny=args.tiny,
+            overrides={"actors": {"learner_compile": False}} if args.eager_step else None,
         )
+        self.compile_step = self.run_config.actors.learner_compile
         self.agent = self.run_config.agent
         self.threads = args.learner_threads
         self.seconds = args.seconds
@@ -198,6 +203,7 @@ class Bench:
             "chunk_steps": cfg.actors.chunk_steps,
             "weight_sync_updates": cfg.actors.weight_sync_updates,
             "learner_threads": self.threads,
+            "learner_compiled_optimizer_step": self.compile_step,
             "rllib_fragment": self.fragment,
             "rllib_torch_threads": self.rllib_threads,
             "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
@@ -225,7 +231,7 @@ class Bench:
     def section_ewc(self) -> dict[str, Any]:
         from perf.measure import ewc_overhead
 
-        out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s)
+        out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s, compile_step=self.compile_step)
         out["torch_threads"] = self.threads
         return out
 
@@ -236,18 +242,19 @@ class Bench:
 
         bare_s = self.micro_s / 2
         self.say(f"bare torch update loop ({self.threads} thread(s)), before the system run")
-        bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s)
+        bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
         self.say(f"our trainer: {self.game}, measuring {self.seconds:g} s after learning starts")
         ours = self.run_ours()
         self.say(f"ours: {ours['env_steps_per_s']:.1f} env steps/s, {ours['updates_per_s']:.2f} updates/s "
                  f"(learner busy {ours['learner_busy_fraction']:.0%})")
         self.say("bare torch update loop, after the system run")
-        bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s)
+        bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
         bare = (bare_before + bare_after) / 2  # brackets the system run: drifting background load averages out
         if "learner" in self.sections:
             self.say("learner overhead breakdown (bare / Learner.update / replay sample + update)")
             breakdown = learner_breakdown(self.agent, threads=self.threads, seconds=self.micro_s,
-                                          replay_capacity=5_000 if self.args.tiny else 20_000)
+                                          replay_capacity=5_000 if self.args.tiny else 20_000,
+                                          compile_step=self.compile_step)
             self.report["learner"] = {
                 "ours_updates_per_s": ours["updates_per_s"],
                 "bare_updates_per_s": bare,

@@ -46,6 +46,7 @@ class ActorsConfig:
     cpus_per_actor: float = 0.5  # Ray resources; fractional lets several actors share a core
     learner_cpus: float = 1.0
     learner_threads: int = 0  # torch threads of the learner; 0 = torch's default (all cores of its node)
+    learner_compile: bool = False  # torch.compile the learner's RMSProp step (faster; seconds to compile)
     placement: Literal["pack", "spread"] = "pack"  # spread: env actors on as many nodes as possible
 
 

@@ -36,7 +36,7 @@ class LearnerService:
     def __init__(self, config: RunConfig, device: str = "cpu"):
         self.config = config
         agent = config.agent
-        self.learner = Learner(agent, device=device, seed=config.seed)
+        self.learner = Learner(agent, device=device, seed=config.seed, compile_step=config.actors.learner_compile)
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
         self.fmn = ForgetMeNot.from_config(config.fmn) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
