@@ -152,6 +152,13 @@ def double_dqn_targets(
     return rewards + gamma * (1.0 - terminals) * next_values
 
 
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of all `tensors` together (as `nn.utils.clip_grad_norm_` computes it)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
 def _q_taken_and_targets(
     online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, gamma: float
 ) -> tuple[Tensor, Tensor]:
@@ -371,7 +378,8 @@ class Learner:
             penalty = self.last_penalty
         else:
             penalty = td_loss.new_zeros(())
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm)
+        grads = [p.grad for p in self.online.parameters() if p.grad is not None]
+        grad_norm = global_norm(grads)  # clipped below, once known: most updates need no scaling pass
 
         td_errors = (targets - q_taken).detach()
         # One device sync for all metrics (and for the finiteness check).
@@ -388,6 +396,8 @@ class Learner:
             weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
         else:
             self.nonfinite_in_a_row = 0
+            if norm_value > cfg.max_grad_norm:  # what clip_grad_norm_ does; below the limit its factor is 1
+                torch._foreach_mul_(grads, cfg.max_grad_norm / (norm_value + 1e-6))
             self._optimizer_step()
             self.num_updates += 1
             if self.num_updates % cfg.target_update_period == 0:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, q_network_fisher
+from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, global_norm, q_network_fisher
 from agents.network import NetworkConfig, QNetwork, shared_parameter_names
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
@@ -175,7 +175,10 @@ class BareUpdate:
                 grads = [p.grad for p in self.shared]
                 torch._foreach_addcmul_(grads, self.scale, self.shared)
                 torch._foreach_sub_(grads, self.offset)
-        nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
+        grads = [p.grad for p in online.parameters() if p.grad is not None]
+        norm = float(global_norm(grads))  # the learner syncs here too (metrics, finiteness)
+        if norm > cfg.max_grad_norm:
+            torch._foreach_mul_(grads, cfg.max_grad_norm / (norm + 1e-6))
         self.step()
 
 

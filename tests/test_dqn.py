@@ -1,6 +1,7 @@
 """Double DQN learner: targets by hand, learning, target sync, NaN guard, EWC gating, checkpoints; epsilon."""
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import replace
 
@@ -270,6 +271,31 @@ def test_state_dict_round_trip_restores_everything():
         assert a == b
     assert same_weights(snapshot(original.online), snapshot(restored.online))
     assert same_weights(snapshot(original.target), snapshot(restored.target))
+
+
+def test_gradient_clipping_is_torchs_clip_grad_norm():
+    config = replace(SMALL, max_grad_norm=1e-3)  # every gradient of this batch is far above it
+    learner = Learner(config, seed=0)
+    reference = copy.deepcopy(learner)
+    batch = random_batch(8)
+    metrics = learner.update(batch, task=0)
+    loss, _ = double_dqn_loss(reference.online, reference.target, to_tensors(batch, "cpu"), 0, config.gamma)
+    reference.optimizer.zero_grad()
+    loss.backward()
+    norm = float(nn.utils.clip_grad_norm_(reference.online.parameters(), config.max_grad_norm))
+    reference.optimizer.step()
+    assert norm > 10 * config.max_grad_norm and metrics["grad_norm"] == pytest.approx(norm, rel=1e-6)
+    for name, value in snapshot(reference.online).items():
+        torch.testing.assert_close(snapshot(learner.online)[name], value, rtol=1e-6, atol=1e-9)
+    # Below the limit nothing is scaled: the step is the plain RMSProp step on the raw gradient.
+    loose = Learner(replace(config, max_grad_norm=1e6), seed=0)
+    unclipped = copy.deepcopy(loose)
+    loose.update(batch, task=0)
+    loss, _ = double_dqn_loss(unclipped.online, unclipped.target, to_tensors(batch, "cpu"), 0, config.gamma)
+    unclipped.optimizer.zero_grad()
+    loss.backward()
+    unclipped.optimizer.step()
+    assert same_weights(snapshot(loose.online), snapshot(unclipped.online))
 
 
 def test_compiled_optimizer_step_takes_the_eager_steps_also_after_a_restore():
