@@ -120,6 +120,7 @@ class MeasuredTrainer(Trainer):
                 self.say(f"steady state after {now - self.started:.0f} s; measuring for {self.window_s:g} s")
         elif now - self.steady_since >= self.warmup_s + self.window_s:
             self.stop_after_s = 0.0  # the loop stops cleanly at its next check
+            self.stop_reason = "measurement window complete"
 
     def results(self) -> dict[str, float]:
         if self.steady_since is None:

@@ -80,6 +80,7 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False, stop_after_s: float | None = None):
         self.config = config
         self.stop_after_s = stop_after_s  # wall-clock budget: stop cleanly (checkpoint, summary) when spent
+        self.stop_reason: str | None = None  # said when stopping early; default: the time limit
         self.run_dir = run_dir
         self.quiet = quiet
         self.schedule = Schedule(config.games, config.schedule)
@@ -213,7 +214,7 @@ class Trainer:
                 stopping = True
             drained = not self.collects and not self.adds  # every chunk of the current visit is stored
             if stopping and drained:
-                self.say(f"time limit of {self.stop_after_s:g} s reached: stopping")
+                self.say(f"{self.stop_reason or f'time limit of {self.stop_after_s:g} s reached'}: stopping")
                 break
             next_visit = self.schedule.visit_at(self.progress.frames)
             switching = switching or next_visit is None or next_visit.index != self.visit.index
