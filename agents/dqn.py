@@ -322,8 +322,8 @@ class Learner:
     """Online and target Q-networks, RMSProp, and the merged EWC penalty over the shared weights.
 
     `compile_step`: run RMSProp's step through `torch.compile`, which fuses its five passes over
-    the weights into one loop (on 2 CPU cores: 20 ms -> 6 ms of a ~90 ms update with the paper's
-    network). Compiling takes seconds once per process and needs a C++ compiler (Triton on a
+    the weights into one loop (one CPU thread, the paper's network: ~20 ms -> ~6 ms of a ~90 ms
+    update; docs/performance.md). Compiling takes seconds once per process and needs a C++ compiler (Triton on a
     GPU); where it fails, the learner says so once and keeps the eager step.
     """
 
@@ -424,7 +424,8 @@ class Learner:
                 raise
             # The first call compiles, and a failure there (no C++ compiler, unsupported device)
             # comes before the step ran: the eager step takes over with nothing half-applied.
-            self.compile_failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            first_line = next(iter(str(err).strip().splitlines()), "")
+            self.compile_failure = f"{type(err).__name__}: {first_line}"
             print(f"[learner] torch.compile of the optimizer step failed ({self.compile_failure}); "
                   "using the eager step", file=sys.stderr, flush=True)
             self._compiled_step = None
