@@ -159,6 +159,13 @@ def global_norm(tensors: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
+def scale_to_max_norm_(grads: list[Tensor], norm: float, max_norm: float) -> None:
+    """`nn.utils.clip_grad_norm_`'s scaling, given the norm: its factor is 1 below the limit, so only
+    gradients over it get the pass over memory."""
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+
+
 def _q_taken_and_targets(
     online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, gamma: float
 ) -> tuple[Tensor, Tensor]:
@@ -323,8 +330,8 @@ class Learner:
 
     `compile_step`: run RMSProp's step through `torch.compile`, which fuses its five passes over
     the weights into one loop (one CPU thread, the paper's network: ~20 ms -> ~6 ms of a ~90 ms
-    update; docs/performance.md). Compiling takes seconds once per process and needs a C++ compiler (Triton on a
-    GPU); where it fails, the learner says so once and keeps the eager step.
+    update; docs/performance.md). Compiling takes seconds once per process and needs a C++
+    compiler (Triton on a GPU); where it fails, the learner says so once and keeps the eager step.
     """
 
     def __init__(
@@ -396,8 +403,7 @@ class Learner:
             weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
         else:
             self.nonfinite_in_a_row = 0
-            if norm_value > cfg.max_grad_norm:  # what clip_grad_norm_ does; below the limit its factor is 1
-                torch._foreach_mul_(grads, cfg.max_grad_norm / (norm_value + 1e-6))
+            scale_to_max_norm_(grads, norm_value, cfg.max_grad_norm)
             self._optimizer_step()
             self.num_updates += 1
             if self.num_updates % cfg.target_update_period == 0:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, global_norm, q_network_fisher
+from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, global_norm, q_network_fisher, scale_to_max_norm_
 from agents.network import NetworkConfig, QNetwork, shared_parameter_names
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
@@ -177,8 +177,7 @@ class BareUpdate:
                 torch._foreach_sub_(grads, self.offset)
         grads = [p.grad for p in online.parameters() if p.grad is not None]
         norm = float(global_norm(grads))  # the learner syncs here too (metrics, finiteness)
-        if norm > cfg.max_grad_norm:
-            torch._foreach_mul_(grads, cfg.max_grad_norm / (norm + 1e-6))
+        scale_to_max_norm_(grads, norm, cfg.max_grad_norm)
         self.step()
 
 
