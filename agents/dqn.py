@@ -13,20 +13,17 @@ per-sample error to [-1, 1]; on top of that we clip the global norm of the whole
 (TD loss + EWC penalty) to 10, a common guard against rare huge steps, e.g. right after a
 task switch when the penalty's gradient can be large.
 
-RMSProp: torch's RMSprop adds `eps` outside the square root (g / (sqrt(v) + eps));
-DeepMind's 2015 RMSProp added 0.01 inside it. With eps = 0.01 both damp steps on
-weights with tiny gradients, but the numbers are not interchangeable. Not centered by
-default: centered RMSProp divides by sqrt(E[g^2] - E[g]^2), which rounding makes negative
-(NaN weights) when a weight's gradient is nearly constant, and the EWC penalty's gradient on a
-weight the task loss barely touches is exactly that (seen in the smoke run a few thousand
-updates after the first consolidation).
+RMSProp: `agents.optimizer.RMSProp`, with eps inside the square root as in Dopamine's DQN
+(torch's own RMSprop adds it outside, which makes DQN's steps about 3x smaller). Not centered
+by default (Dopamine's is): the centered form divides by an estimate of the gradient's
+variance, which is nearly zero for a weight whose gradient is nearly constant, and the EWC
+penalty's gradient on a weight the task loss barely touches is exactly that.
 """
 from __future__ import annotations
 
 import copy
-import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -36,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.network import NetworkConfig, QNetwork, shared_parameter_names
+from agents.network import NetworkConfig, QNetwork, layer_of, shared_parameter_names
+from agents.optimizer import RMSProp, compiled_optimizer_step
 from agents.replay import Batch, FrameReplay
 from common.errors import UsageError
 from ewc import EWCPenalty, diagonal_fisher
@@ -54,8 +52,8 @@ class DQNConfig:
     gamma: float = 0.99
     learning_rate: float = 2.5e-4
     rmsprop_alpha: float = 0.95  # decay of the squared-gradient average
-    rmsprop_eps: float = 0.01  # torch convention: added outside the square root
-    rmsprop_centered: bool = False  # centered is NaN-prone under the EWC penalty (see the module doc)
+    rmsprop_eps: float = 1e-5  # inside the square root, as Dopamine's DQN (agents/optimizer.py)
+    rmsprop_centered: bool = False  # see the module doc
     max_grad_norm: float = 10.0  # global-norm clipping of the full gradient (our choice, see module doc)
     huber_delta: float = 1.0
     target_update_period: int = 7_500  # learner updates between target-network syncs
@@ -69,7 +67,7 @@ class DQNConfig:
     ewc_lambda: float = 400.0
     ewc_online: bool = False  # online EWC (one anchor, decayed Fisher) instead of one term per task
     ewc_online_gamma: float = 1.0  # Fisher decay for online EWC
-    ewc_min_frames: int = 20_000_000  # emulator frames on a game before its anchor is enforced
+    ewc_min_frames: int = 20_000_000  # frames played on a game before its anchor counts (the consolidation actor applies it)
     fisher_kind: FisherKind = "softmax_exact"  # the true Fisher of softmax(Q); see q_network_fisher
     fisher_minibatches: int = 100  # minibatches of the finished task's buffer per Fisher
 
@@ -301,27 +299,6 @@ def _td_squared_grads(
     return squares
 
 
-class _DropProfilerNotice(logging.Filter):
-    """Drops dynamo's notice that the step's profiler annotation is left out of compiled code."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Profiler record function" not in record.getMessage()
-
-
-_PROFILER_NOTICE = _DropProfilerNotice()  # one instance: addFilter skips filters it already has
-
-
-def compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """`optimizer.step` compiled by torch.compile; compiles at its first call."""
-    logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_PROFILER_NOTICE)
-
-    @torch.compile(fullgraph=False)
-    def step() -> None:
-        optimizer.step()
-
-    return step
-
-
 # ---- the learner --------------------------------------------------------------------------
 
 
@@ -344,7 +321,7 @@ class Learner:
             torch.manual_seed(seed)
             self.online = QNetwork(config.network).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.RMSprop(
+        self.optimizer = RMSProp(
             self.online.parameters(),
             lr=config.learning_rate,
             alpha=config.rmsprop_alpha,
@@ -359,11 +336,11 @@ class Learner:
             config.ewc_lambda, online=config.ewc_online, gamma=config.ewc_online_gamma, include=self.shared_names
         )
         self.anchored_tasks: set[int] = set()  # tasks whose Fisher is merged into self.ewc
-        self.frames_per_task: dict[int, int] = {}
         self.num_updates = 0  # optimizer steps taken
         self.num_skipped = 0  # updates skipped for a non-finite loss or gradient
         self.nonfinite_in_a_row = 0
         self.last_penalty = torch.zeros((), device=self.device)  # the EWC penalty's latest computed value
+        self.last_ewc_grad_ratios: dict[str, float] = {}  # layer -> EWC / TD gradient norm, when last reported
 
     # ---- training ------------------------------------------------------------------------
 
@@ -379,6 +356,8 @@ class Learner:
         # Its value is only for logging and costs two more passes over the weights: callers that log
         # once per many updates ask for it once (`report_penalty`); otherwise the last value is reported.
         if self.ewc_active():
+            if report_penalty:
+                self.last_ewc_grad_ratios = self._ewc_grad_ratios()
             value = self.ewc.add_gradient_(self.online, with_value=report_penalty)
             if value is not None:
                 self.last_penalty = value
@@ -419,6 +398,18 @@ class Learner:
             "updates": self.num_updates,
         }
 
+    def _ewc_grad_ratios(self) -> dict[str, float]:
+        """Per layer: ||lambda F (theta - theta*)|| / ||gradient of the TD loss||, before they are added.
+
+        Above 1 the penalty outweighs the new task on that layer; far below 1 it barely protects it.
+        """
+        penalty = self.ewc.gradient_norms(self.online)
+        named = dict(self.online.named_parameters())
+        names = [n for n in penalty if named[n].grad is not None]
+        td = torch._foreach_norm([named[n].grad for n in names])
+        ratios = torch.stack([penalty[n] / td_norm.clamp_min(1e-30) for n, td_norm in zip(names, td)]).tolist()
+        return {layer_of(name): ratio for name, ratio in zip(names, ratios)}
+
     def _optimizer_step(self) -> None:
         if self._compiled_step is None:
             self.optimizer.step()
@@ -449,25 +440,13 @@ class Learner:
 
     # ---- EWC -----------------------------------------------------------------------------
 
-    def note_frames(self, task: int, frames: int) -> None:
-        """Count emulator frames trained on `task` (agent steps x frame skip)."""
-        if frames < 0:
-            raise UsageError(f"cannot note {frames} frames")
-        self.frames_per_task[task] = self.frames_per_task.get(task, 0) + int(frames)
-
-    def ewc_threshold_reached(self, task: int) -> bool:
-        return self.frames_per_task.get(task, 0) >= self.config.ewc_min_frames
-
     def ewc_active(self) -> bool:
-        """The penalty counts once any anchored task has been trained `ewc_min_frames` frames.
+        """Whether the penalty counts: EWC is enabled and some task is anchored.
 
-        The anchors are one merged quadratic, so a task merged before its threshold counts
-        as soon as another anchored task is active: consolidate only tasks for which
-        `ewc_threshold_reached(task)` holds.
+        Which tasks are anchored (e.g. only games trained `ewc_min_frames` frames) is decided by
+        whoever merges the anchors (`training.services.ConsolidationService`), not here.
         """
-        if not self.config.ewc_enabled or self.ewc.num_tasks == 0:
-            return False
-        return any(self.ewc_threshold_reached(t) for t in self.anchored_tasks)
+        return self.config.ewc_enabled and self.ewc.num_tasks > 0 and bool(self.anchored_tasks)
 
     def compute_fisher(
         self, batch: Batch | TensorBatch, task: int, generator: torch.Generator | None = None
@@ -518,7 +497,6 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "ewc": self.ewc.state_dict(),
             "anchored_tasks": sorted(self.anchored_tasks),
-            "frames_per_task": dict(self.frames_per_task),
             "num_updates": self.num_updates,
             "num_skipped": self.num_skipped,
         }
@@ -530,7 +508,6 @@ class Learner:
             # torch keeps the given state tensors (no copy): a copy keeps this learner independent of `state`
             self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
             self.set_anchors(state["ewc"], state["anchored_tasks"])
-            self.frames_per_task = {int(t): int(n) for t, n in dict(state["frames_per_task"]).items()}
             self.num_updates, self.num_skipped = int(state["num_updates"]), int(state["num_skipped"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, UsageError):

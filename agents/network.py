@@ -121,6 +121,11 @@ class QNetwork(nn.Module):
         return task
 
 
+def layer_of(parameter_name: str) -> str:
+    """The layer a parameter belongs to: 'conv1.weight' -> 'conv1'."""
+    return parameter_name.rsplit(".", 1)[0] if "." in parameter_name else parameter_name
+
+
 def shared_parameter_names(net: nn.Module) -> list[str]:
     """Names of the parameters shared by all tasks (the W's): everything outside a TaskAffine."""
     return [

@@ -199,6 +199,17 @@ class FrameReplay:
     def bytes_per_transition(self) -> float:
         return self.nbytes / self.capacity
 
+    def ready(self, learning_starts: int, batch_size: int) -> bool:
+        """Whether to train on this buffer: it holds `learning_starts` transitions or has filled up.
+
+        Every episode's first frame takes a slot without being a transition, so a full buffer
+        holds fewer than `capacity` transitions (the fewer, the shorter the episodes): a
+        `learning_starts` near `capacity` would otherwise never be reached.
+        """
+        if len(self) < batch_size:
+            return False
+        return len(self) >= learning_starts or self._num_writes >= self.capacity
+
     def has_open_episode(self, source: Hashable) -> bool:
         """Whether a chunk from `source` may continue an episode here (else it must start one)."""
         return source in self._open_episodes
@@ -425,6 +436,10 @@ class TaskReplay:
         if task not in self._buffers:
             raise UsageError(f"no transitions stored for task {task}; tasks with data: {self.tasks}")
         return self._buffers[task].sample(batch_size)
+
+    def ready(self, task: int, learning_starts: int, batch_size: int) -> bool:
+        """`FrameReplay.ready` of the task's buffer (False before the task has any)."""
+        return task in self._buffers and self._buffers[task].ready(learning_starts, batch_size)
 
     def num_transitions(self, task: int) -> int:
         return len(self._buffers[task]) if task in self._buffers else 0

@@ -150,6 +150,19 @@ class EWCPenalty:
         return 0.5 * self.lam * (quadratic + self.residual)
 
     @torch.no_grad()
+    def gradient_norms(self, model: nn.Module) -> dict[str, Tensor]:
+        """The 2-norm of the penalty's gradient lambda * A * (theta - mu), per anchored parameter.
+
+        Compared with the task loss's gradient on the same parameter, it says how strongly EWC
+        pulls each layer back (a diagnostic: one pass over the anchored parameters).
+        """
+        named = dict(model.named_parameters())
+        diffs = torch._foreach_sub([named[n].detach() for n in self.precision], list(self.mean.values()))
+        torch._foreach_mul_(diffs, list(self.precision.values()))
+        norms = torch._foreach_norm(diffs)
+        return {name: self.lam * norm for name, norm in zip(self.precision, norms)}
+
+    @torch.no_grad()
     def proximal_step(self, model: nn.Module, lr: float) -> None:
         """Exact implicit gradient step on the penalty: theta <- argmin ||theta - theta0||^2/(2 lr) + penalty.
 

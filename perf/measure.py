@@ -8,7 +8,6 @@ rates over a stated window.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.dqn import DQNConfig, Learner, compiled_optimizer_step, global_norm, q_network_fisher, scale_to_max_norm_
+from agents.optimizer import RMSProp, compiled_optimizer_step
+from agents.dqn import DQNConfig, Learner, global_norm, q_network_fisher, scale_to_max_norm_
 from agents.network import NetworkConfig, QNetwork, shared_parameter_names
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
@@ -140,7 +140,7 @@ class BareUpdate:
             torch.manual_seed(seed)
             self.online = QNetwork(config.network)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.RMSprop(
+        self.optimizer = RMSProp(
             self.online.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha,
             eps=config.rmsprop_eps, centered=config.rmsprop_centered,
         )
@@ -208,7 +208,7 @@ def learner_breakdown(
     sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is.
     With `compile_step`, also the bare update with the eager optimizer step ("bare_eager"): what compiling gains."""
     bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step)
-    learner = Learner(dataclasses.replace(config, ewc_min_frames=0), compile_step=compile_step)
+    learner = Learner(config, compile_step=compile_step)
     penalty = synthetic_anchors(learner.online, 1, config.ewc_lambda)
     learner.set_anchors(penalty.state_dict(), [1])
     batch = random_batch(config.batch_size, config.network.num_actions)
@@ -263,7 +263,7 @@ def ewc_overhead(
     }
     learners = {}  # one per case, so that no timed call pays for switching anchors
     for name, (state, tasks) in states.items():
-        learners[name] = Learner(dataclasses.replace(config, ewc_min_frames=0), compile_step=compile_step)
+        learners[name] = Learner(config, compile_step=compile_step)
         learners[name].set_anchors(state, tasks)
     last_report = {name: -float("inf") for name in states}
 

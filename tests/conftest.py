@@ -15,6 +15,7 @@ TINY_RUN_OVERRIDES = [
     "run_name=tiny",
     "schedule.frames_per_visit=4000",
     "agent.learning_starts=200",
+    "agent.ewc_min_frames=4000",  # a game's anchor counts after its first full visit, as in the paper
     "agent.replay_capacity=3000",
     "agent.target_update_period=50",
     "agent.fisher_minibatches=4",
@@ -37,10 +38,11 @@ def one_torch_thread():
 
 
 def run_train(
-    logdir: Path, overrides: list[str], extra_args: list[str] = (), timeout: float = 600
+    logdir: Path, overrides: list[str], extra_args: list[str] = (), timeout: float = 600,
+    config: Path = ROOT / "configs" / "smoke.yaml",
 ) -> subprocess.CompletedProcess:
-    """`run.py train` on configs/smoke.yaml with `--set` overrides, as a subprocess."""
-    args = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(ROOT / "configs" / "smoke.yaml"),
+    """`run.py train` on `config` (configs/smoke.yaml) with `--set` overrides, as a subprocess."""
+    args = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(config),
             "--logdir", str(logdir), *extra_args]
     for override in overrides:
         args += ["--set", override]

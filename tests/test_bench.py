@@ -113,7 +113,7 @@ def test_learner_fast_ewc_gradient_equals_the_penalty_gradient():
     from agents.network import NetworkConfig
     from perf.measure import random_batch, synthetic_anchors
 
-    config = DQNConfig(network=NetworkConfig(channels=(8, 8, 8), hidden=16, max_tasks=3), ewc_min_frames=0)
+    config = DQNConfig(network=NetworkConfig(channels=(8, 8, 8), hidden=16, max_tasks=3))
     learner = Learner(config)
     for tasks, seed in (([1, 2], 0), ([1], 5)):  # new anchors must replace the cached coefficients
         learner.set_anchors(synthetic_anchors(learner.online, len(tasks), config.ewc_lambda, seed=seed).state_dict(), tasks)

@@ -90,6 +90,9 @@ MALFORMED = [
     ("run_name", "a/b", r"run_name must be a non-empty name without '/'"),
     ("actors.placement", "random", r"'actors.placement' must be one of 'pack', 'spread'"),
     ("device", "tpu", r"'device' must be one of 'auto', 'cpu', 'cuda'"),
+    ("agent.learning_starts", 20001, r"agent.learning_starts \(20001\) exceeds agent.replay_capacity \(20000\)"),
+    ("agent.ewc_min_frames", 48001,
+     r"agent.ewc_min_frames \(48001\) exceeds the frames each game is played .* = 48000\): EWC would never anchor"),
 ]
 
 
@@ -126,3 +129,19 @@ def test_train_command_rejects_bad_config_with_exit_code_2(tmp_path):
     assert "did you mean 'ewc_lambda'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.glob("smoke*")), "nothing is started or written for a bad config"
+
+
+def test_learning_that_can_never_start_exits_2_naming_both_keys(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "train", "--config", str(SMOKE), "--logdir", str(tmp_path),
+         "--set", "agent.learning_starts=30000"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "agent.learning_starts (30000)" in proc.stderr and "agent.replay_capacity (20000)" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc", "paper_fmn"])
+def test_atari_configs_treat_a_lost_life_as_terminal_in_training(name):
+    # Nature DQN and the EWC paper's set-up: a lost life ends bootstrapping (the game goes on).
+    assert load_config(ROOT / "configs" / f"{name}.yaml").env.terminal_on_life_loss

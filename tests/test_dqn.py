@@ -22,11 +22,12 @@ from agents.dqn import (
 )
 from agents.epsilon import EpsilonConfig, TaskEpsilon
 from agents.network import NetworkConfig, QNetwork, shared_parameter_names, task_parameter_names
+from agents.optimizer import RMSProp
 from agents.replay import Batch, FrameReplay
 from common.errors import UsageError
 
 SMALL_NET = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)
-SMALL = DQNConfig(network=SMALL_NET, learning_rate=1e-3, target_update_period=1_000, ewc_min_frames=100)
+SMALL = DQNConfig(network=SMALL_NET, learning_rate=1e-3, target_update_period=1_000)
 
 
 def random_batch(size: int = 16, seed: int = 0, num_actions: int = SMALL_NET.num_actions) -> Batch:
@@ -140,26 +141,21 @@ def test_non_finite_loss_or_gradient_skips_the_update_and_keeps_the_weights():
     assert learner.update(random_batch(8, seed=2), task=0)["skipped_nonfinite"] == 0  # recovers
 
 
-def test_ewc_penalty_counts_only_after_the_frame_threshold_and_only_on_shared_weights():
+def test_ewc_penalty_counts_once_a_task_is_anchored_and_only_on_shared_weights():
     learner = Learner(SMALL, seed=0)
     anchors = {n: p.detach().clone() for n, p in learner.online.named_parameters()}
     fisher = {n: torch.full_like(anchors[n], 0.5) for n in learner.shared_names}
+    batch = random_batch(8)
+    assert not learner.ewc_active()
+    assert learner.update(batch, task=1)["ewc_penalty"] == 0.0
+    learner = Learner(SMALL, seed=0)
     learner.consolidate(task=0, fisher=fisher)
     with torch.no_grad():  # move every parameter away from its anchor
         for p in learner.online.parameters():
             p.add_(0.01)
-    batch = random_batch(8)
-
-    learner.note_frames(0, SMALL.ewc_min_frames - 1)
-    learner.note_frames(1, 10 * SMALL.ewc_min_frames)  # frames on an un-anchored task do not count
-    assert not learner.ewc_active()
-    assert learner.update(batch, task=1)["ewc_penalty"] == 0.0
-
-    learner.note_frames(0, 1)
     assert learner.ewc_active()
     baseline = Learner(replace(SMALL, ewc_enabled=False), seed=0)  # the plain-DQN baseline never applies it
     baseline.consolidate(task=0, fisher=fisher)
-    baseline.note_frames(0, SMALL.ewc_min_frames)
     assert not baseline.ewc_active()
     expected = 0.5 * SMALL.ewc_lambda * sum(
         (fisher[n] * (p - anchors[n]).square()).sum().item()
@@ -204,7 +200,6 @@ def test_set_anchors_replaces_the_penalty_with_a_consolidation_actors_state():
 
     learner.set_anchors(consolidator.ewc.state_dict(), tasks=[2])
     assert learner.anchored_tasks == {2} and learner.ewc.num_tasks == 1
-    learner.note_frames(2, config.ewc_min_frames)
     # Anchored at another network's weights: the penalty is positive here.
     assert learner.update(random_batch(8), task=0)["ewc_penalty"] > 0
 
@@ -251,7 +246,6 @@ def test_state_dict_round_trip_restores_everything():
     original = Learner(config, seed=0)
     original.consolidate(0, {n: torch.ones_like(p) for n, p in original.online.named_parameters()
                              if n in original.shared_names})
-    original.note_frames(0, config.ewc_min_frames)
     for i in range(5):
         original.update(random_batch(8, seed=i), task=1)
     buffer = io.BytesIO()
@@ -262,7 +256,7 @@ def test_state_dict_round_trip_restores_everything():
 
     assert same_weights(snapshot(original.online), snapshot(restored.online))
     assert same_weights(snapshot(original.target), snapshot(restored.target))
-    assert restored.num_updates == 5 and restored.frames_per_task == {0: config.ewc_min_frames}
+    assert restored.num_updates == 5
     assert restored.anchored_tasks == {0} and restored.ewc_active()
     # Same optimizer state, target cadence and penalty: the next updates agree exactly.
     for i in range(5, 8):
@@ -299,7 +293,7 @@ def test_gradient_clipping_is_torchs_clip_grad_norm():
 
 
 def test_compiled_optimizer_step_takes_the_eager_steps_also_after_a_restore():
-    config = replace(SMALL, ewc_min_frames=0)
+    config = SMALL
     eager, compiled = Learner(config, seed=0), Learner(config, seed=0, compile_step=True)
     for learner in (eager, compiled):  # with an active EWC penalty, as after a task switch
         learner.consolidate(0, {n: torch.ones_like(p) for n, p in learner.online.named_parameters()
@@ -391,14 +385,87 @@ def test_epsilon_decays_linearly_with_a_separate_timer_per_task():
         TaskEpsilon(EpsilonConfig(end=1.5))
 
 
-def test_rmsprop_survives_the_near_constant_gradient_of_the_ewc_penalty():
-    # Centered RMSProp divides by sqrt(E[g^2] - E[g]^2): with a near-constant gradient rounding makes it NaN.
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_survives_the_near_constant_gradient_of_the_ewc_penalty(centered):
+    # Centered RMSProp divides by sqrt(E[g^2] - E[g]^2 + eps): with a near-constant gradient the difference
+    # rounds to a tiny negative number; with eps outside the root (torch's RMSprop) that is NaN.
     param = torch.nn.Parameter(torch.randn(50_000))
     cfg = DQNConfig()
-    optimizer = torch.optim.RMSprop([param], lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps,
-                                    centered=cfg.rmsprop_centered)
+    optimizer = RMSProp([param], lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps, centered=centered)
     noise = torch.Generator().manual_seed(0)
     for _ in range(1000):
         param.grad = torch.full_like(param, 3e-3) * (1 + 1e-7 * torch.randn(param.shape, generator=noise))
         optimizer.step()
     assert torch.isfinite(param).all()
+
+
+def test_rmsprop_takes_dopamines_dqn_step_about_3x_torchs():
+    """The paper's network at initialisation on real Pong frames: per-weight gradients ~1e-5.
+
+    Dopamine's DQN (TF RMSProp: decay 0.95, eps 1e-5 inside the root, batch-mean loss) steps by
+    lr g / sqrt(v + eps); torch's RMSprop with DQN's eps 0.01 outside the root by lr g / (sqrt(v) + 0.01).
+    """
+    from envs.atari import random_policy_frames
+
+    config = DQNConfig(network=NetworkConfig(max_tasks=2), max_grad_norm=1e9)
+    frames = random_policy_frames("Pong", 40, seed=0)
+    rng = np.random.default_rng(0)
+    ends = rng.integers(4, 40, size=32)
+    batch = Batch(states=np.stack([frames[i - 4:i] for i in ends]), actions=rng.integers(0, 18, 32),
+                  rewards=rng.choice([-1.0, 0.0, 1.0], 32).astype(np.float32), terminals=np.zeros(32, np.float32),
+                  next_states=np.stack([frames[i - 3:i + 1] for i in ends]))
+    learner = Learner(config, seed=0)
+    reference = copy.deepcopy(learner)
+    torch_rmsprop = copy.deepcopy(learner)
+    square_avg = {n: torch.zeros_like(p) for n, p in reference.online.named_parameters()}
+    dopamine_steps, torch_steps, our_steps = [], [], []
+    for _ in range(2):  # the second step also checks the running average of squares
+        loss, _ = double_dqn_loss(reference.online, reference.target, to_tensors(batch, "cpu"), 0, config.gamma)
+        grads = dict(zip(square_avg, torch.autograd.grad(loss, list(reference.online.parameters()), allow_unused=True)))
+        expected = {}
+        with torch.no_grad():
+            for name, p in reference.online.named_parameters():
+                g = grads[name] if grads[name] is not None else torch.zeros_like(p)
+                square_avg[name] = 0.95 * square_avg[name] + 0.05 * g * g
+                expected[name] = -2.5e-4 * g / torch.sqrt(square_avg[name] + 1e-5)
+                p.add_(expected[name])
+        before = snapshot(learner.online)
+        learner.update(batch, task=0)
+        for name, value in snapshot(reference.online).items():  # the weights after the same steps
+            torch.testing.assert_close(snapshot(learner.online)[name], value, rtol=1e-6, atol=1e-9)
+        dopamine_steps.append(torch.cat([s.flatten() for s in expected.values()]).abs().mean().item())
+        our_steps.append(torch.cat([(learner.online.state_dict()[n] - before[n]).flatten() for n in expected]).abs().mean())
+        shared = dict(torch_rmsprop.online.named_parameters())
+        optimizer = torch.optim.RMSprop(shared.values(), lr=2.5e-4, alpha=0.95, eps=0.01) if not torch_steps else optimizer
+        previous = {n: p.detach().clone() for n, p in shared.items()}
+        optimizer.zero_grad()
+        double_dqn_loss(torch_rmsprop.online, torch_rmsprop.target, to_tensors(batch, "cpu"), 0, 0.99)[0].backward()
+        optimizer.step()
+        torch_steps.append(torch.cat([(p - previous[n]).flatten() for n, p in shared.items()]).abs().mean().item())
+    mean_gradient = torch.cat([g.flatten() for g in grads.values() if g is not None]).abs().mean().item()
+    assert 1e-6 < mean_gradient < 1e-4  # the regime where eps decides the step
+    for ours, dopamine, plain in zip(our_steps, dopamine_steps, torch_steps):
+        assert ours == pytest.approx(dopamine, rel=1e-3)
+        assert 2.5 < ours / plain < 4.0
+
+
+def test_ewc_gradient_ratio_per_layer_is_penalty_over_td_gradient_norm():
+    learner = Learner(SMALL, seed=0)
+    fisher = {n: torch.full_like(p, 0.5) for n, p in learner.online.named_parameters() if n in learner.shared_names}
+    learner.consolidate(task=0, fisher=fisher)
+    anchors = {n: p.detach().clone() for n, p in learner.online.named_parameters()}
+    with torch.no_grad():
+        learner.online.fc.weight.add_(0.01)
+    reference = copy.deepcopy(learner)
+    batch = random_batch(8)
+    learner.update(batch, task=1, report_penalty=False)
+    assert learner.last_ewc_grad_ratios == {}  # measured only when the penalty is reported
+    learner = copy.deepcopy(reference)
+    learner.update(batch, task=1)
+    ratios = learner.last_ewc_grad_ratios
+    assert set(ratios) == {"conv1", "conv2", "conv3", "fc", "out"}
+    loss, _ = double_dqn_loss(reference.online, reference.target, to_tensors(batch, "cpu"), 1, SMALL.gamma)
+    td_grad = torch.autograd.grad(loss, reference.online.fc.weight)[0]
+    penalty_grad = SMALL.ewc_lambda * 0.5 * (reference.online.fc.weight - anchors["fc.weight"])
+    assert ratios["fc"] == pytest.approx((penalty_grad.norm() / td_grad.norm()).item(), rel=1e-4)
+    assert ratios["conv1"] == pytest.approx(0.0, abs=1e-6)  # still at its anchor

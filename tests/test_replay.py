@@ -280,3 +280,33 @@ def test_task_replay_creates_buffers_lazily_and_checks_task_ids():
     restored = TaskReplay(capacity_per_task=30, max_tasks=3, seed=0)
     restored.load_state_dict(replay.state_dict())
     assert restored.tasks == [2] and restored.num_transitions(2) == 6
+
+
+def test_a_buffer_whose_capacity_equals_learning_starts_becomes_ready_when_full():
+    """The paper configs' sizes: 50,000 slots per task and learning after 50,000 transitions.
+
+    Episode-start frames take slots without being transitions, so such a buffer never holds
+    50,000 transitions; fed from two actors it must still become ready (it does once full).
+    """
+    capacity = learning_starts = 50_000
+    replay = TaskReplay(capacity, max_tasks=1, frame_shape=(2, 2), seed=0)
+    rng = np.random.default_rng(0)
+    builders, remaining = [ChunkBuilder((2, 2)) for _ in range(2)], [0, 0]
+    frame = np.zeros((2, 2), dtype=np.uint8)
+    largest, ready_at, steps = 0, None, 0
+    while steps < 200_000:
+        for source, builder in enumerate(builders):
+            for _ in range(100):  # one chunk of 100 agent steps
+                if remaining[source] == 0:
+                    builder.start_episode(frame)
+                    remaining[source] = int(rng.integers(100, 2_000))
+                remaining[source] -= 1
+                builder.add(0, 0.0, remaining[source] == 0, frame, episode_end=remaining[source] == 0)
+            replay.add_chunk(0, builder.take(), source)
+            steps += 100
+            largest = max(largest, replay.num_transitions(0))
+            if ready_at is None and replay.ready(0, learning_starts, batch_size=32):
+                ready_at = steps
+    assert largest < learning_starts  # what stopped the paper configs from ever learning
+    assert ready_at is not None and ready_at <= capacity + 200  # ready as soon as every slot was written
+    assert not TaskReplay(10, max_tasks=2).ready(1, 0, 1)  # a task with no buffer is never ready

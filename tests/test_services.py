@@ -9,6 +9,7 @@ import torch
 
 from agents.network import shared_parameter_names
 from envs.runner import EnvRunner
+from common.errors import UsageError
 from training.config import load_config
 from training.services import ConsolidationService, LearnerService
 from tests.conftest import ROOT
@@ -61,12 +62,13 @@ def test_task_switch_fisher_anchors_reach_the_learner(config):
     runner.set_game("Pong", 0)
     for _ in range(2):
         added = learner.add(0, runner.collect(60, epsilon=1.0).chunks)
-    assert added == {"task": 0, "replay_size": 120, "transitions": 60}
+    assert added == {"task": 0, "replay_size": 120, "transitions": 60, "ready": True}
     metrics = learner.train(0, 3)
     assert metrics["updates"] == 3 and metrics["ewc_penalty"] == 0.0
 
     # switch Pong -> Breakout: the finished task's Fisher, anchored at the learner's weights
-    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1)
+    played = {0: 480}
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task=played)
     assert anchors["tasks"] == [0] and anchors["fisher_task"] == 0 and anchors["fisher_mean"] > 0
     assert set(anchors["ewc"]["precision"]) == set(shared_parameter_names(learner.learner.online))
     weights = learner.weights()
@@ -83,23 +85,43 @@ def test_task_switch_fisher_anchors_reach_the_learner(config):
     assert metrics["ewc_penalty"] > 0
 
     # back to Pong: its own anchor is left out while it trains, Breakout's is in
-    anchors = consolidation.consolidate(learner.consolidation_inputs(1), current_task=0)
+    played[1] = 320
+    anchors = consolidation.consolidate(learner.consolidation_inputs(1), current_task=0, frames_per_task=played)
     assert anchors["tasks"] == [1]
     # the end of the schedule (no current task): both
-    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=-1)
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=-1, frames_per_task=played)
     assert anchors["tasks"] == [0, 1]
 
 
 def test_penalty_waits_for_the_frames_threshold(config):
-    strict = dataclasses.replace(config, agent=dataclasses.replace(config.agent, ewc_min_frames=10**9))
+    strict = dataclasses.replace(config, agent=dataclasses.replace(config.agent, ewc_min_frames=1000))
     learner, consolidation = LearnerService(strict), ConsolidationService(strict)
     runner = EnvRunner(0, 1, strict.agent.network, strict.env, seed=2)
     runner.set_game("Pong", 0)
     learner.add(0, runner.collect(70, epsilon=1.0).chunks)
-    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1)
-    assert anchors["tasks"] == []  # trained far fewer frames than ewc_min_frames
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 999})
+    assert anchors["tasks"] == []  # played fewer frames than ewc_min_frames
     learner.set_anchors(anchors)
     assert not learner.learner.ewc_active()
+    # The frames the driver counted decide, not the transitions stored (episode starts are not transitions).
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 1000})
+    assert anchors["tasks"] == [0]
+    learner.set_anchors(anchors)
+    assert learner.learner.ewc_active()
+
+
+def test_learner_refuses_to_train_a_task_before_its_buffer_is_ready(config):
+    learner = LearnerService(config)  # learning_starts 50
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=5)
+    runner.set_game("Pong", 0)
+    added = learner.add(0, runner.collect(40, epsilon=1.0).chunks)
+    assert added["transitions"] == 40 and not added["ready"]
+    with pytest.raises(UsageError, match="task 0, whose buffer holds 40 transitions"):
+        learner.train(0, 1)
+    with pytest.raises(UsageError, match="task 1, whose buffer holds 0"):
+        learner.train(1, 1)
+    assert learner.add(0, runner.collect(10, epsilon=1.0).chunks)["ready"]
+    assert learner.train(0, 2)["updates"] == 2 and learner.updates_per_task() == {0: 2}
 
 
 def test_learner_state_round_trip_with_replay(config):
@@ -115,3 +137,14 @@ def test_learner_state_round_trip_with_replay(config):
     assert restored.learner.num_updates == 2
     for name, value in learner.weights().items():
         torch.testing.assert_close(restored.weights()[name], value)
+
+
+@pytest.mark.parametrize("terminal_on_life_loss", [True, False])
+def test_a_lost_life_is_a_training_terminal_only_when_configured(config, terminal_on_life_loss):
+    settings = dataclasses.replace(config.env, terminal_on_life_loss=terminal_on_life_loss)
+    runner = EnvRunner(0, 1, config.agent.network, settings, seed=0)
+    runner.set_game("Breakout", 0)
+    chunk = runner.collect(400, epsilon=1.0).chunks[0][1]  # a random policy loses several of its 5 lives
+    transitions = ~chunk.episode_starts
+    life_terminals = chunk.terminals & ~chunk.episode_ends & transitions
+    assert life_terminals.any() == terminal_on_life_loss

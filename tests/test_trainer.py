@@ -16,7 +16,7 @@ TENSORBOARD_TAGS = {
     "episode_return/Breakout", "human_normalized/Breakout", "train/loss", "train/td_error", "train/ewc_penalty",
     "train/epsilon", "replay/fill", "perf/env_steps_per_s", "perf/updates_per_s", "train/task",
     "eval/Pong/score", "eval/Breakout/score", "eval/Pong/human_normalized", "eval/capped_human_normalized_sum",
-    "ewc/fisher_mean",
+    "ewc/fisher_mean", "ewc/grad_ratio/conv1", "ewc/grad_ratio/fc", "ewc/grad_ratio/out",
 }
 
 
@@ -34,6 +34,9 @@ def test_metrics_jsonl_has_the_documented_keys(tiny_run):
     assert {r["game"] for r in records} == {"Pong", "Breakout"}
     assert {r["task"] for r in records} == {0, 1}
     assert any(r["ewc_penalty"] > 0 for r in records)  # anchors arrived and the penalty counted
+    ratios = [r["ewc_grad_ratio"] for r in records if r["ewc_grad_ratio"]]
+    assert ratios and set(ratios[-1]) == {"conv1", "conv2", "conv3", "fc", "out"}
+    assert all(value >= 0 for value in ratios[-1].values())
 
 
 def test_tensorboard_event_files_have_the_tags(tiny_run):
@@ -67,7 +70,8 @@ def test_checkpoint_holds_everything_to_resume(tiny_run):
     assert state["progress"]["frames"] >= 16_000 and state["progress"]["visit_index"] == 3
     assert set(state["task_ids"]["ids"]) == {"Pong", "Breakout"}
     learner = state["learner"]["learner"]
-    assert {"online", "target", "optimizer", "ewc", "anchored_tasks", "frames_per_task", "num_updates"} <= set(learner)
+    assert {"online", "target", "optimizer", "ewc", "anchored_tasks", "num_updates"} <= set(learner)
+    # ewc_min_frames equals frames_per_visit: each game's first visit alone must anchor it
     assert learner["anchored_tasks"] == [0, 1]
     assert set(state["consolidation"]["terms"]) == {0, 1}
     assert state["epsilon"]["steps"][0] > 0
@@ -129,3 +133,47 @@ def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(tmp_path):
     events.Reload()
     assert {"fmn/inferred_task", "fmn/true_game"} <= set(events.Tags()["scalars"])
     assert "fmn/confusion/text_summary" in events.Tags()["tensors"]
+
+
+def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    _, state = checkpoint.resolve(tiny_run)
+    progress = state["progress"]
+    # visits are measured from their real start, so none ends short of frames_per_visit
+    assert {int(t): n for t, n in summary["frames_per_task"].items()} == progress["frames_per_task"]
+    assert all(frames >= 2 * 4000 for frames in progress["frames_per_task"].values())
+    visit_ends = [r["frames"] for r in read_jsonl(tiny_run / "eval.jsonl") if r["kind"] == "visit_end"]
+    assert all(later - earlier >= 4000 for earlier, later in zip([0, *visit_ends], visit_ends))
+    # one update per update_period trainable steps, trained on the task the steps came from (the
+    # remainder of a visit, under update_period steps, carries over to the next)
+    updates = {int(t): n for t, n in summary["updates_per_task"].items()}
+    assert set(updates) == {0, 1} and sum(updates.values()) == summary["updates"]
+    for task, steps in progress["trainable_steps_per_task"].items():
+        assert abs(updates[task] - steps / 4) <= 2
+
+
+def shipped_config_at_small_sizes(name: str) -> list[str]:
+    """--set overrides that keep a shipped config's ratios (learning_starts : replay_capacity,
+    ewc_min_frames : frames_per_visit) but make it a short two-visit run."""
+    data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    agent, visit = data["agent"], 4000
+    return [
+        f"run_name={name}", "games=[Pong, Breakout]", "schedule.repeats=1", "schedule.order=fixed",
+        f"schedule.frames_per_visit={visit}",
+        f"agent.replay_capacity={agent['replay_capacity'] // 100}",
+        f"agent.learning_starts={agent['learning_starts'] // 100}",
+        f"agent.ewc_min_frames={agent['ewc_min_frames'] * visit // data['schedule']['frames_per_visit']}",
+        "agent.network.channels=[8, 16, 16]", "agent.network.hidden=32", "agent.fisher_minibatches=2",
+        "actors.learner_compile=false", "actors.learner_threads=1", "eval.every_frames=0", "eval.at_visit_end=false",
+    ]
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc", "paper_fmn"])
+def test_every_shipped_config_starts_learning(name, tmp_path):
+    from tests.conftest import run_train
+
+    proc = run_train(tmp_path, shipped_config_at_small_sizes(name), config=ROOT / "configs" / f"{name}.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summary["updates"] > 0 and summary["completed"]
+    assert all(n > 0 for n in summary["updates_per_task"].values())

@@ -221,6 +221,18 @@ def _check_ranges(config: RunConfig) -> None:
         raise UsageError(
             f"agent.batch_size ({agent.batch_size}) is larger than agent.replay_capacity ({agent.replay_capacity})"
         )
+    if agent.learning_starts > agent.replay_capacity:
+        raise UsageError(
+            f"agent.learning_starts ({agent.learning_starts}) exceeds agent.replay_capacity ({agent.replay_capacity}): "
+            "a task's buffer never holds that many transitions, so learning would never start; "
+            "lower agent.learning_starts or raise agent.replay_capacity"
+        )
+    played = config.schedule.frames_per_visit * config.schedule.repeats
+    if agent.ewc_enabled and agent.ewc_min_frames > played:
+        raise UsageError(
+            f"agent.ewc_min_frames ({agent.ewc_min_frames}) exceeds the frames each game is played "
+            f"(schedule.frames_per_visit x schedule.repeats = {played}): EWC would never anchor a game"
+        )
     if config.epsilon.end > config.epsilon.start:
         raise UsageError("epsilon.end must not exceed epsilon.start")
     if agent.ewc_online_gamma != 1.0 and not agent.ewc_online:

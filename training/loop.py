@@ -45,7 +45,10 @@ class Progress:
     steps: int = 0  # agent steps, all games
     episodes: int = 0
     visit_index: int = 0
-    trainable_steps: int = 0  # agent steps added while the current task's buffer was past learning_starts
+    visit_start_frame: int = 0  # a visit lasts frames_per_visit frames from here, however late it began
+    frames_per_task: dict[int, int] = field(default_factory=dict)  # frames played per task (EWC's ewc_min_frames)
+    trainable_steps: int = 0  # agent steps added while their task's buffer was ready for training
+    trainable_steps_per_task: dict[int, int] = field(default_factory=dict)
     updates_submitted: int = 0
     updates_done: int = 0
     next_eval_frame: int = 0
@@ -63,6 +66,7 @@ class _Interval:
     updates: int = 0
     returns: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     train: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    ewc_grad_ratio: dict[str, float] | None = None  # the latest per-layer EWC / TD gradient norms
 
 
 @dataclass
@@ -190,7 +194,7 @@ class Trainer:
     def _loop(self, ray) -> dict[str, Any]:
         cfg = self.config
         self.weights = self.learner.weights.remote()
-        self.visit = self.schedule.visit_at(self.progress.frames)
+        self.visit = self.schedule.visits[self.progress.visit_index]
         if self.fmn_votes is None:
             self.task = self.task_ids.task_for(self.visit.game)
         self._send_game_and_weights(range(len(self.actors)))
@@ -204,6 +208,7 @@ class Trainer:
         self.trains: list[Any] = []
         self.consolidations: list[Any] = []
         self.replay_size = 0  # of the current task's buffer, as the learner last reported it
+        self.replay_ready = False  # whether the learner reported the current task's buffer ready to train on
         self.idle = set(range(len(self.actors)))
         last_sync = self.progress.updates_done
         last_log = last_checkpoint = time.monotonic()
@@ -212,12 +217,14 @@ class Trainer:
         while True:
             if self.stop_after_s is not None and time.monotonic() - self.started >= self.stop_after_s:
                 stopping = True
-            drained = not self.collects and not self.adds  # every chunk of the current visit is stored
+            # Every chunk of the visit is stored and every update it is owed has been sent, so the
+            # finished task gets them all, before its Fisher is taken and under its own task id.
+            drained = not self.collects and not self.adds and self._owed_updates() == 0
             if stopping and drained:
                 self.say(f"{self.stop_reason or f'time limit of {self.stop_after_s:g} s reached'}: stopping")
                 break
-            next_visit = self.schedule.visit_at(self.progress.frames)
-            switching = switching or next_visit is None or next_visit.index != self.visit.index
+            next_visit = self._next_visit()
+            switching = switching or next_visit is not self.visit
             if switching and drained:
                 self._end_visit(ray, next_visit)
                 if next_visit is None:
@@ -274,6 +281,8 @@ class Trainer:
             "wall_s": round(elapsed, 1),
             "env_steps_per_s": self.progress.steps / max(elapsed, 1e-9),
             "consolidations": self.progress.consolidations,
+            "frames_per_task": self.progress.frames_per_task,
+            "updates_per_task": ray.get(self.learner.updates_per_task.remote()),
             "lost_chunks": self.progress.lost_chunks,
             "resumes": self.progress.resumes,
             "final_eval": self.last_eval,
@@ -283,6 +292,18 @@ class Trainer:
         return summary
 
     # ---- steps of the loop ----------------------------------------------------------------
+
+    def _next_visit(self) -> Visit | None:
+        """The current visit until it has played `frames_per_visit` frames, then the next (None at the end)."""
+        played = self.progress.frames - self.progress.visit_start_frame
+        if played < self.config.schedule.frames_per_visit:
+            return self.visit
+        following = self.visit.index + 1
+        return self.schedule.visits[following] if following < len(self.schedule.visits) else None
+
+    def _owed_updates(self) -> int:
+        """Updates the replay ratio asks for that have not been sent to the learner yet."""
+        return self.progress.trainable_steps // self.config.agent.update_period - self.progress.updates_submitted
 
     def _send_game_and_weights(self, actor_indices) -> None:
         for i in actor_indices:
@@ -307,7 +328,7 @@ class Trainer:
         """Fisher of the current task (off the learner, on the consolidation actor); anchors go to the learner."""
         if self.config.agent.ewc_enabled and self.replay_size >= self.config.agent.batch_size:
             inputs = self.learner.consolidation_inputs.remote(self.task)
-            anchors = self.consolidator.consolidate.remote(inputs, upcoming)
+            anchors = self.consolidator.consolidate.remote(inputs, upcoming, dict(self.progress.frames_per_task))
             self.learner.set_anchors.remote(anchors)
             self.consolidations.append(anchors)
 
@@ -315,22 +336,22 @@ class Trainer:
         self.say(f"forget-me-not: task {self.task} -> {new_task} (true game {self.visit.game})")
         self.writer.add_scalar("fmn/switches", 1, self.progress.frames)
         self._consolidate(upcoming=new_task)
-        self.task, self.replay_size = new_task, 0
+        self.task, self.replay_size, self.replay_ready = new_task, 0, False
 
     def _begin_visit(self, visit: Visit) -> None:
         self.visit = visit
         if self.fmn_votes is None:
-            self.task, self.replay_size = self.task_ids.task_for(visit.game), 0
+            self.task, self.replay_size, self.replay_ready = self.task_ids.task_for(visit.game), 0, False
         # with forget-me-not the actors go on with the current task id until FMN reports a change
         for actor in self.actors:
             actor.set_game.remote(visit.game, self.task)
         self.progress.visit_index = visit.index
+        self.progress.visit_start_frame = self.progress.frames
         self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {self.task})")
         self._checkpoint()
 
     def _learning(self) -> bool:
-        agent = self.config.agent
-        return self.replay_size >= max(agent.learning_starts, agent.batch_size)
+        return self.replay_ready
 
     def _launch_collects(self) -> None:
         """Give idle actors a chunk to play, unless they would run ahead of the learner's replay ratio."""
@@ -355,9 +376,8 @@ class Trainer:
 
     def _launch_trains(self) -> None:
         """Keep the learner busy with slices of updates, one per `update_period` trainable agent steps."""
-        target = self.progress.trainable_steps // self.config.agent.update_period
-        while len(self.trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self.progress.updates_submitted < target:
-            n = min(UPDATES_PER_SLICE, target - self.progress.updates_submitted)
+        while len(self.trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self._owed_updates() > 0:
+            n = min(UPDATES_PER_SLICE, self._owed_updates())
             self.trains.append(self.learner.train.remote(self.task, n))
             self.progress.updates_submitted += n
 
@@ -367,17 +387,21 @@ class Trainer:
             self.idle.add(i)
             self._on_collect(ray, ref, i, add_ref)
         elif ref in self.adds:
-            del self.adds[ref]
+            steps = self.adds.pop(ref)
             added = ray.get(ref)
+            frames = self.progress.frames_per_task
+            frames[added["task"]] = frames.get(added["task"], 0) + steps * self.config.env.frame_skip
             if self.fmn_votes is not None:
                 votes = self.fmn_votes.setdefault(self.visit.game, {})
                 votes[added["task"]] = votes.get(added["task"], 0) + added["transitions"]
                 if added["task"] != self.task:
                     self._on_inferred_switch(added["task"])
             if added["task"] == self.task:
-                self.replay_size = added["replay_size"]
+                self.replay_size, self.replay_ready = added["replay_size"], added["ready"]
                 if self._learning():
                     self.progress.trainable_steps += added["transitions"]
+                    per_task = self.progress.trainable_steps_per_task
+                    per_task[self.task] = per_task.get(self.task, 0) + added["transitions"]
         elif ref in self.trains:
             self.trains.remove(ref)
             self._on_train(ray.get(ref))
@@ -426,6 +450,8 @@ class Trainer:
         self.progress.updates_done += done
         self.interval.updates += done
         in_a_row = int(metrics.pop("nonfinite_in_a_row"))
+        if "ewc_grad_ratio" in metrics:
+            self.interval.ewc_grad_ratio = metrics.pop("ewc_grad_ratio")
         if metrics.pop("weights_nonfinite"):
             raise RunAborted(f"the network's weights became NaN/inf: training has diverged. {self._resume_hint()}")
         for key, value in metrics.items():
@@ -522,6 +548,7 @@ class Trainer:
             "ewc_penalty": train.get("ewc_penalty", 0.0),
             "q_mean": train.get("q_mean"),
             "skipped_nonfinite": sum(interval.train.get("skipped_nonfinite", [])),
+            "ewc_grad_ratio": interval.ewc_grad_ratio,
         }
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
@@ -534,6 +561,8 @@ class Trainer:
         for key in ("loss", "td_error", "ewc_penalty", "q_mean"):
             if record[key] is not None:
                 w.add_scalar(f"train/{key}", record[key], step)
+        for layer, ratio in (interval.ewc_grad_ratio or {}).items():
+            w.add_scalar(f"ewc/grad_ratio/{layer}", ratio, step)
         w.add_scalar("train/epsilon", record["epsilon"], step)
         w.add_scalar("train/task", task, step)
         if self.fmn_votes is not None:
@@ -600,8 +629,8 @@ class Trainer:
         self.progress.resumes += 1
         for i, actor in enumerate(self.actors):  # fresh exploration streams, not a replay of the first run's
             actor.reseed.remote(self.config.seed, self.progress.resumes)
-        visit = self.schedule.visit_at(self.progress.frames)
-        where = "the end of the schedule" if visit is None else f"visit {visit.index + 1} ({visit.game})"
+        visit = self.schedule.visits[self.progress.visit_index]
+        where = f"visit {visit.index + 1} ({visit.game})"
         self.say(f"resumed from {self.progress.frames:,} frames, {self.progress.updates_done:,} updates, at {where}")
         if "replay" not in state["learner"]:
             self.say("the replay buffers were not saved with the checkpoint (logging.checkpoint_replay: false): "

@@ -7,8 +7,9 @@ from env actors go in, minibatch updates come out, weights are published for act
 of its buffer, anchored at the learner's current shared weights. It keeps one Fisher and
 one anchor per task, so a task visited again replaces its own term rather than counting
 twice, and it ships the learner one merged quadratic over the tasks that qualify: every
-consolidated task except the one now being trained, once it was trained
-`agent.ewc_min_frames` frames. The learner's cost per update stays that of one quadratic.
+consolidated task except the one now being trained, once it was played
+`agent.ewc_min_frames` frames (as the driver counts them). This is the one place that rule
+lives. The learner's cost per update stays that of one quadratic.
 """
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ class LearnerService:
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
         self.fmn = ForgetMeNot.from_config(config.fmn) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
+        self.task_updates: dict[int, int] = {}  # updates trained per task
         self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed
 
-    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> dict[str, int]:
-        """Store an actor's chunks in their task's buffer; returns the task and its buffer size.
+    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> dict[str, Any]:
+        """Store an actor's chunks in their task's buffer; returns the task, its buffer size and readiness.
 
         With forget-me-not task inference the task comes from the frames (the majority id over
         the chunks' frames), not from `task`; `game`, the true game, only feeds the confusion counts.
@@ -69,8 +71,13 @@ class LearnerService:
                     continue
             buffer.add_chunk(chunk, source)
             transitions += chunk.num_transitions
-        self.learner.note_frames(task, transitions * self.config.env.frame_skip)
-        return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions}
+        return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions,
+                "ready": self.ready(task)}
+
+    def ready(self, task: int) -> bool:
+        """Whether `task`'s buffer may be trained on (`agents.replay.FrameReplay.ready`)."""
+        agent = self.config.agent
+        return self.replay.ready(task, agent.learning_starts, agent.batch_size)
 
     def train(self, task: int, num_updates: int) -> dict[str, float]:
         """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged.
@@ -78,6 +85,12 @@ class LearnerService:
         "train_s" is the wall time spent here and "train_cpu_s" this process's CPU time meanwhile: how
         busy the learner is, and whether it got its cores (a benchmark reads them; the driver ignores them).
         """
+        if num_updates and not self.ready(task):
+            agent = self.config.agent
+            raise UsageError(
+                f"asked to train task {task}, whose buffer holds {self.replay.num_transitions(task)} transitions "
+                f"(agent.learning_starts {agent.learning_starts}): updates must wait until it is ready"
+            )
         started, cpu_started = time.perf_counter(), time.process_time()
         sums: dict[str, float] = {}
         # The penalty's value is for logging and costs about two updates' worth of EWC passes: compute it
@@ -90,12 +103,15 @@ class LearnerService:
             metrics = self.learner.update(batch, task, report_penalty=report and i == num_updates - 1)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
+        self.task_updates[task] = self.task_updates.get(task, 0) + num_updates
         averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
         averaged["updates"] = self.learner.num_updates
         averaged["nonfinite_in_a_row"] = self.learner.nonfinite_in_a_row
         averaged["weights_nonfinite"] = sums.get("weights_nonfinite", 0.0) > 0
         if num_updates:
             averaged["ewc_penalty"] = metrics["ewc_penalty"]  # the latest value computed (see above)
+        if report and num_updates and self.learner.ewc_active():
+            averaged["ewc_grad_ratio"] = dict(self.learner.last_ewc_grad_ratios)
         averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
         averaged["train_s"] = time.perf_counter() - started
         averaged["train_cpu_s"] = time.process_time() - cpu_started
@@ -113,13 +129,15 @@ class LearnerService:
             "online": self.learner.weights(),
             "target": {n: t.detach().cpu().clone() for n, t in self.learner.target.state_dict().items()},
             "batch": batch,
-            "frames_per_task": dict(self.learner.frames_per_task),
         }
 
     def set_anchors(self, anchors: Mapping[str, Any]) -> int:
         self.learner.set_anchors(anchors["ewc"], anchors["tasks"])
         self._penalty_reported = -float("inf")  # report the new penalty's value on the next slice
         return len(anchors["tasks"])
+
+    def updates_per_task(self) -> dict[int, int]:
+        return dict(self.task_updates)
 
     def replay_sizes(self) -> dict[int, int]:
         return {task: self.replay.num_transitions(task) for task in self.replay.tasks}
@@ -129,7 +147,8 @@ class LearnerService:
         return {game: dict(row) for game, row in self.confusion.items()}
 
     def state_dict(self, include_replay: bool = False) -> dict[str, Any]:
-        state = {"learner": self.learner.state_dict(), "confusion": self.fmn_confusion()}
+        state = {"learner": self.learner.state_dict(), "confusion": self.fmn_confusion(),
+                 "updates_per_task": self.updates_per_task()}
         if self.fmn is not None:
             state["fmn"] = self.fmn.state_dict()
         if include_replay:
@@ -139,6 +158,7 @@ class LearnerService:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         self.confusion = {game: dict(row) for game, row in state.get("confusion", {}).items()}
+        self.task_updates = {int(t): int(n) for t, n in state.get("updates_per_task", {}).items()}
         if self.fmn is not None:
             if "fmn" not in state:
                 raise UsageError("the checkpoint has no forget-me-not state: it was trained with task_inference: schedule")
@@ -176,8 +196,13 @@ class ConsolidationService:
             agent.ewc_lambda, online=agent.ewc_online, gamma=agent.ewc_online_gamma, include=self.shared_names
         )
 
-    def consolidate(self, inputs: Mapping[str, Any], current_task: int) -> dict[str, Any]:
+    def consolidate(
+        self, inputs: Mapping[str, Any], current_task: int, frames_per_task: Mapping[int, int]
+    ) -> dict[str, Any]:
         """Fisher of the finished task from `inputs` (see LearnerService.consolidation_inputs).
+
+        `frames_per_task`: frames played on each task so far; a task counts in the penalty once
+        it reaches `agent.ewc_min_frames`.
 
         Returns the merged anchors for the learner: {"ewc": EWCPenalty state, "tasks": [...],
         "fisher_task": the task just consolidated, "fisher_mean": mean Fisher (for logging)}.
@@ -190,10 +215,10 @@ class ConsolidationService:
             gamma=self.config.agent.gamma, generator=self.generator,
         )
         anchors = {n: inputs["online"][n].to(self.device) for n in self.shared_names}
-        frames = {int(t): int(n) for t, n in inputs["frames_per_task"].items()}
-        eligible = frames.get(task, 0) >= self.config.agent.ewc_min_frames
+        min_frames = self.config.agent.ewc_min_frames
+        eligible = {int(t) for t, n in frames_per_task.items() if n >= min_frames}
         if self.config.agent.ewc_online:
-            if eligible:
+            if task in eligible:
                 self.online_penalty.consolidate(anchors, fisher)
                 self.terms[task] = ({}, {})  # remembered only as "anchored"
             tasks = sorted(self.terms)
@@ -201,7 +226,7 @@ class ConsolidationService:
         else:
             self.terms[task] = (fisher, anchors)
             penalty = self._new_penalty()
-            tasks = [t for t in sorted(self.terms) if t != current_task and frames.get(t, 0) >= self.config.agent.ewc_min_frames]
+            tasks = [t for t in sorted(self.terms) if t != current_task and t in eligible]
             for t in tasks:
                 penalty.consolidate(self.terms[t][1], self.terms[t][0])
             state = penalty.state_dict()
