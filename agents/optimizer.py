@@ -96,3 +96,20 @@ class RMSProp(torch.optim.Optimizer):
 def compiled_optimizer_step(optimizer: RMSProp) -> Callable[[], None]:
     """`optimizer.step` with its arithmetic compiled (`compiled_rmsprop_update`)."""
     return functools.partial(optimizer.step, update=compiled_rmsprop_update())
+
+
+# ---- gradient clipping by global norm ----------------------------------------------------
+
+
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of all `tensors` together (as `nn.utils.clip_grad_norm_` computes it)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def scale_to_max_norm_(grads: list[Tensor], norm: float, max_norm: float) -> None:
+    """`nn.utils.clip_grad_norm_`'s scaling, given the norm: its factor is 1 below the limit, so only
+    gradients over it get the pass over memory."""
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))

@@ -25,7 +25,8 @@ compares this against a plain per-sample loop and plain ``torch.func``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import Literal
 
@@ -67,24 +68,46 @@ def diagonal_fisher(
     """
     if mode not in MODES:
         raise UsageError(f"unknown Fisher mode {mode!r}; choose one of {', '.join(MODES)}")
-    named = _selected_parameters(model, params)
     if mode == "empirical":
         if targets is None:
             raise UsageError("mode='empirical' needs targets (the data labels)")
         if targets.shape[:1] != inputs.shape[:1]:
             raise UsageError(f"targets {tuple(targets.shape)} do not match inputs {tuple(inputs.shape)}")
+
+    def vectors(logits: Tensor, rows: slice) -> list[Tensor]:
+        labels = None if targets is None else targets[rows].to(logits.device)
+        return _logit_vectors(logits, mode, labels, generator)
+
+    return per_sample_squared_gradients(model, inputs, vectors, batch_size=batch_size, params=params)
+
+
+def per_sample_squared_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    output_vectors: Callable[..., list[Tensor]],
+    *,
+    batch_size: int = 256,
+    params: Iterable[str] | None = None,
+) -> dict[str, Tensor]:
+    """Mean over ``inputs`` of sum_v (J_n^T v_n)^2: per-sample squared vector-Jacobian products.
+
+    The primitive behind every diagonal Fisher here. ``output_vectors(outputs, rows)`` gets the
+    model's outputs (N, C) for the chunk ``inputs[rows]`` and returns the vectors v (each (N, C))
+    whose products with the per-sample Jacobians J_n = d outputs_n / d theta are squared and summed:
+    for a log-likelihood they are its gradient with respect to the outputs (e.g. e_y - softmax(z)).
+    Closed form for Linear / Conv2d layers, ``torch.func`` for any other parameter (module doc).
+    """
+    named = _selected_parameters(model, params)
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise UsageError(f"inputs must be a non-empty batch, got shape {tuple(inputs.shape)}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be positive, got {batch_size}")
-
     device = next(iter(named.values())).device
     totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named.items()}
     with _eval_mode(model):
         for start in range(0, inputs.shape[0], batch_size):
-            x = inputs[start : start + batch_size].to(device)
-            y = None if targets is None else targets[start : start + batch_size].to(device)
-            _accumulate_chunk(model, named, x, y, mode, generator, totals)
+            rows = slice(start, start + batch_size)
+            _accumulate_chunk(model, named, inputs[rows].to(device), functools.partial(output_vectors, rows=rows), totals)
     count = inputs.shape[0]
     fisher = {name: total / count for name, total in totals.items()}
     for name, value in fisher.items():
@@ -198,9 +221,7 @@ def _accumulate_chunk(
     model: nn.Module,
     named: dict[str, nn.Parameter],
     x: Tensor,
-    y: Tensor | None,
-    mode: str,
-    generator: torch.Generator | None,
+    output_vectors: Callable[[Tensor], list[Tensor]],
     totals: dict[str, Tensor],
 ) -> None:
     layers = _closed_form_layers(model, named)
@@ -219,7 +240,7 @@ def _accumulate_chunk(
     finally:
         for handle in handles:
             handle.remove()
-    vectors = _logit_vectors(logits, mode, y, generator)
+    vectors = output_vectors(logits)
     # A layer called more than once per forward (shared weights) has no per-call closed form,
     # and one whose output does not depend on its parameters has nothing to capture.
     hooked = {m: kinds for m, kinds in layers.items() if len(calls[m]) == 1 and calls[m][0][1].requires_grad}

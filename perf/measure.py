@@ -18,9 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.optimizer import RMSProp, compiled_optimizer_step
-from agents.dqn import DQNConfig, Learner, global_norm, q_network_fisher, scale_to_max_norm_
-from agents.network import NetworkConfig, QNetwork, shared_parameter_names
+from agents.dqn.config import DQNConfig
+from agents.dqn.fisher import q_network_fisher
+from agents.dqn.learning import Learner
+from agents.dqn.networks import NetworkConfig, QNetwork, shared_parameter_names
+from agents.optimizer import (
+    RMSProp,
+    compiled_optimizer_step,
+    global_norm,
+    scale_to_max_norm_,
+)
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
 from ewc import EWCPenalty, diagonal_fisher

@@ -2,9 +2,8 @@
 
 `bench_run_config` derives the benchmark's run config from `configs/paper.yaml` (one game,
 small `learning_starts`, no evaluation rounds), and `measure_ours` runs the trainer until
-`seconds` of steady-state training have been observed. So that the system pays for EWC as
-it does in continual training, the learner gets a merged penalty anchoring a second task
-before the first update (`ewc_tasks`).
+`seconds` of steady-state training have been observed, watching it through a trainer hook
+(`Measurement`).
 
 Rates are least-squares slopes of the cumulative counts at their real arrivals (chunks of env
 steps at the driver, slices of updates back from the learner), not differences between log
@@ -21,6 +20,7 @@ from typing import Any
 from common.errors import UsageError
 from perf.measure import rate, steady_rate, synthetic_anchors
 from training.config import RunConfig, config_from_dict, load_yaml
+from training.hooks import TrainerHook
 from training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,17 +54,18 @@ def bench_run_config(
     return config
 
 
-class MeasuredTrainer(Trainer):
-    """`Trainer` that records arrivals and stops itself once the measurement window is complete.
+class Measurement(TrainerHook):
+    """Records the trainer's arrivals and stops it once the measurement window is complete.
 
     The window opens `warmup_s` after the pipeline is in its steady state: learning has started
     and the backlog that the actors built up before it (while nothing held them back) is trained
-    away, i.e. the actors' lead over the learner is back within the driver's bound.
+    away, i.e. the actors' lead over the learner is back within the driver's bound. So that the
+    system pays for EWC as it does in continual training, the learner gets a merged penalty
+    anchoring `ewc_tasks` other tasks before its first update.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float,
-                 ewc_tasks: int = 1, max_wait_s: float = 900.0, quiet: bool = True):
-        super().__init__(config, run_dir, quiet=quiet)
+    def __init__(self, config: RunConfig, *, seconds: float, warmup_s: float, ewc_tasks: int = 1,
+                 max_wait_s: float = 900.0):
         self.window_s = seconds
         self.warmup_s = warmup_s
         self.ewc_tasks = ewc_tasks
@@ -77,50 +78,53 @@ class MeasuredTrainer(Trainer):
         self.learning_since: float | None = None
         self.steady_since: float | None = None
         self._busy = self._cpu = 0.0
+        self._started = 0.0
 
-    def _start_actors(self) -> None:
+    def after_start(self, trainer: Trainer) -> None:
         import ray
 
-        from agents.network import QNetwork
+        from agents.dqn.networks import QNetwork
 
-        super()._start_actors()
+        self._started = trainer.started
         if self.ewc_tasks:
             # A merged penalty anchoring other tasks, as after a task switch (set before any update).
-            agent = self.config.agent
+            agent = trainer.config.agent
             penalty = synthetic_anchors(QNetwork(agent.network), self.ewc_tasks, agent.ewc_lambda)
             tasks = list(range(1, 1 + self.ewc_tasks))
-            ray.get(self.learner.set_anchors.remote({"ewc": penalty.state_dict(), "tasks": tasks}))
+            ray.get(trainer.learner.set_anchors.remote({"ewc": penalty.state_dict(), "tasks": tasks}))
 
-    def _on_collect(self, *args, **kwargs) -> None:
-        super()._on_collect(*args, **kwargs)
+    def after_collect(self, trainer: Trainer, result) -> None:
         now = time.monotonic()
-        self.step_events.append((now, self.progress.steps))
-        self._check_window(now)
+        self.step_events.append((now, trainer.counters.steps))
+        self._check_window(trainer, now)
 
-    def _on_train(self, metrics: dict[str, float]) -> None:
-        self._busy += metrics.pop("train_s", 0.0)
-        self._cpu += metrics.pop("train_cpu_s", 0.0)
-        super()._on_train(metrics)
+    def after_train(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self._busy += metrics["train_s"]
+        self._cpu += metrics["train_cpu_s"]
         now = time.monotonic()
         if self.learning_since is None:
             self.learning_since = now
-            self.say("learning started")
-        self.update_events.append((now, self.progress.updates_done))
+            trainer.say("learning started")
+        self.update_events.append((now, metrics["updates"]))
         self.busy_events.append((now, self._busy, self._cpu))
-        self._check_window(now)
+        self._check_window(trainer, now)
 
-    def _check_window(self, now: float) -> None:
-        if self.steady_since is None:
-            if now - self.started > self.max_wait_s:
-                raise RuntimeError(f"training did not reach a steady state within {self.max_wait_s:g} s")
-            lead = self.progress.trainable_steps - self.progress.updates_done * self.config.agent.update_period
-            lead += sum(getattr(self, "adds", {}).values())  # chunks not yet stored (the driver's in-flight count)
-            if self.learning_since is not None and lead <= self.max_lead:
-                self.steady_since = now
-                self.say(f"steady state after {now - self.started:.0f} s; measuring for {self.window_s:g} s")
-        elif now - self.steady_since >= self.warmup_s + self.window_s:
-            self.stop_after_s = 0.0  # the loop stops cleanly at its next check
-            self.stop_reason = "measurement window complete"
+    def should_stop(self, trainer: Trainer) -> str | None:
+        if self.steady_since is not None and time.monotonic() - self.steady_since >= self.warmup_s + self.window_s:
+            return "measurement window complete"
+        return None
+
+    def _check_window(self, trainer: Trainer, now: float) -> None:
+        if self.steady_since is not None:
+            return
+        if now - self._started > self.max_wait_s:
+            raise RuntimeError(f"training did not reach a steady state within {self.max_wait_s:g} s")
+        counters = trainer.counters
+        lead = counters.trainable_steps - counters.updates_done * trainer.config.agent.update_period
+        lead += sum(trainer.inflight.adds.values())  # chunks not yet stored (the driver's in-flight count)
+        if self.learning_since is not None and lead <= self.max_lead:
+            self.steady_since = now
+            trainer.say(f"steady state after {now - self._started:.0f} s; measuring for {self.window_s:g} s")
 
     def results(self) -> dict[str, float]:
         if self.steady_since is None:
@@ -137,18 +141,19 @@ class MeasuredTrainer(Trainer):
             "learner_busy_fraction": rate(b1 - b0, t1 - t0),  # wall time inside LearnerService.train / wall time
             "learner_cpu_per_busy_s": rate(c1 - c0, b1 - b0),  # CPU s per busy s: < threads means it waited for a core
             "measured_s": steps_window,
-            "learning_started_s": self.learning_since - self.started,
-            "steady_after_s": self.steady_since - self.started,
+            "learning_started_s": self.learning_since - self._started,
+            "steady_after_s": self.steady_since - self._started,
         }
 
 
 def measure_ours(config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float, quiet: bool,
                  ewc_tasks: int = 1) -> dict[str, Any]:
-    """Run our trainer (needs `ray.init`) and return its steady-state rates (see `MeasuredTrainer`)."""
-    trainer = MeasuredTrainer(config, run_dir, seconds=seconds, warmup_s=warmup_s, ewc_tasks=ewc_tasks, quiet=quiet)
+    """Run our trainer (needs `ray.init`) and return its steady-state rates (see `Measurement`)."""
+    measurement = Measurement(config, seconds=seconds, warmup_s=warmup_s, ewc_tasks=ewc_tasks)
+    trainer = Trainer(config, run_dir, quiet=quiet, hooks=[measurement])
     trainer.say(f"run directory {run_dir}")
     trainer.run()
-    result = trainer.results()
+    result = measurement.results()
     result["learner_threads"] = config.actors.learner_threads
     result["config"] = {"actors": dataclasses.asdict(config.actors)}
     return result

@@ -170,7 +170,10 @@ def config_notes(run_config: RunConfig, fragment: int = DEFAULT_FRAGMENT) -> lis
 def _module_updates(result: dict, batch_size: int) -> float:
     """Learner updates so far, from RLlib's count of trained module steps (samples)."""
     from ray.rllib.core import DEFAULT_MODULE_ID
-    from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_MODULE_STEPS_TRAINED_LIFETIME
+    from ray.rllib.utils.metrics import (
+        LEARNER_RESULTS,
+        NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    )
 
     learners = result.get(LEARNER_RESULTS, {})
     trained = learners.get(DEFAULT_MODULE_ID, {}).get(NUM_MODULE_STEPS_TRAINED_LIFETIME, 0)
@@ -218,7 +221,10 @@ def measure_rllib(
     in this process (0: leave torch's default, all cores). Returns env steps/s and updates/s over
     the measured window (whole training iterations), the replay ratio RLlib achieved, and timings.
     """
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+    from ray.rllib.utils.metrics import (
+        ENV_RUNNER_RESULTS,
+        NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    )
 
     def say(message: str) -> None:
         if not quiet:

@@ -25,23 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.scores import capped_sum
+from training.records import EvalRound
 
 HUMAN_NORMALIZED, RAW = "human_normalized", "raw"
 VISIT_END, LATEST_ROUND = "visit_end", "latest_round_per_visit"
 
 Cell = float | None  # a missing cell: the round did not score that game, or the visit has no round
-
-
-@dataclass(frozen=True)
-class EvalRound:
-    """One line of eval.jsonl: every game scored with one snapshot of the weights."""
-
-    kind: str  # "initial", "periodic", "visit_end" or "final"
-    frames: int
-    visit_index: int
-    scores: dict[str, float]  # mean raw score per game
-    normalized: dict[str, float | None]  # human-normalised score per game (None: no reference scores)
-    capped_sum: float | None  # None when the line lacks it
 
 
 @dataclass(frozen=True)

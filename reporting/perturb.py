@@ -165,36 +165,20 @@ def play_states(runner, game: str, task: int, count: int, epsilon: float, max_fr
     return torch.from_numpy(np.stack(states))
 
 
-def checkpoint_fisher(state: Mapping[str, Any], task: int, names: list[str]) -> dict[str, Tensor] | None:
-    """The EWC term's Fisher of `task` in the checkpoint, if it has one over all shared weights."""
-    terms = (state.get("consolidation") or {}).get("terms") or {}
-    term = terms.get(task, terms.get(str(task)))
-    if term is None:
-        return None
-    fisher = term[0]
-    return fisher if fisher and all(n in fisher for n in names) else None  # online EWC keeps no per-task Fisher
-
-
 # ----------------------------------------------------------------------------- the analysis
 
 
 def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings, progress: Progress) -> dict[str, Any]:
-    from agents.network import shared_parameter_names
+    from agents.dqn.actor import EnvRunner
+    from agents.dqn.networks import shared_parameter_names
     from envs.atari import resolve_game
-    from envs.runner import EnvRunner
     from envs.scores import human_normalized
     from ewc import diagonal_fisher
     from training import checkpoint
-    from training.config import config_from_dict
 
     settings.validate()
-    path, state = checkpoint.resolve(checkpoint_path)
-    try:
-        config = config_from_dict(state["config"], check_memory=False)
-        task_ids = {str(g): int(t) for g, t in state["task_ids"]["ids"].items()}
-        weights = state["learner"]["learner"]["online"]
-    except (KeyError, TypeError) as err:
-        raise UsageError(f"checkpoint {str(path)!r} lacks {err}: not a checkpoint of this trainer") from None
+    trained, state = checkpoint.policy(checkpoint_path)
+    path, config, task_ids, weights = trained.path, trained.config, trained.game_tasks, trained.weights
     game = resolve_game(game_name)
     if game not in task_ids:
         raise UsageError(f"the checkpoint has no task for {game}; it was trained on {', '.join(task_ids)}")
@@ -214,7 +198,7 @@ def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings
     progress(f"{path.name}: {game} (task {task}), {theta.numel():,} shared weights, norm {weight_norm:.4g}")
 
     # The Fisher of the game's task.
-    fisher_dict = None if settings.fisher_from == "play" else checkpoint_fisher(state, task, names)
+    fisher_dict = None if settings.fisher_from == "play" else checkpoint.task_fisher(state, task)
     if fisher_dict is not None:
         fisher_info: dict[str, Any] = {"source": "checkpoint", "kind": config.agent.fisher_kind, "samples": None}
     elif settings.fisher_from == "checkpoint":

@@ -36,7 +36,13 @@ from typing import Any
 
 from common.errors import UsageError
 from common.results import Progress, write_json_atomic
-from reporting.metrics import HUMAN_NORMALIZED, RAW, EvaluationMatrix, build_matrix, continual_metrics
+from reporting.metrics import (
+    HUMAN_NORMALIZED,
+    RAW,
+    EvaluationMatrix,
+    build_matrix,
+    continual_metrics,
+)
 from reporting.runs import RunLog, load_run
 
 SCALE_NAMES = {HUMAN_NORMALIZED: "human-normalised", RAW: "raw"}

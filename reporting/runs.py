@@ -10,7 +10,6 @@ so a report can be made of a run that is still going or crashed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,18 @@ import numpy as np
 import yaml
 
 from common.errors import UsageError
-from reporting.metrics import EvalRound
 from training.config import RunConfig, config_from_dict
+from training.records import (
+    CONFIG_FILE,
+    EVAL_FILE,
+    METRICS_FILE,
+    METRICS_NUMBER_COLUMNS,
+    EvalRound,
+    number,
+)
 from training.schedule import Schedule, Visit
 
-TRAINING_COLUMNS = ("frames", "episode_return", "loss", "ewc_penalty", "epsilon")
+TRAINING_COLUMNS = METRICS_NUMBER_COLUMNS
 
 
 @dataclass
@@ -65,41 +71,10 @@ def _json_lines(path: Path, skipped: dict[str, int]) -> Iterator[dict[str, Any]]
                 skipped[path.name] = skipped.get(path.name, 0) + 1
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-def _finite(value: Any) -> float | None:
-    """A finite number, else None (JSON null, a string, NaN: json.loads accepts NaN, JSON output does not)."""
-    number = _number(value)
-    return number if math.isfinite(number) else None
-
-
-def _parse_round(record: dict[str, Any]) -> EvalRound | None:
-    """An EvalRound, or None if the record lacks what a round must have."""
-    games = record.get("games")
-    if not isinstance(games, dict) or "kind" not in record or not isinstance(record.get("frames"), int):
-        return None
-    scores, normalized = {}, {}
-    for game, entry in games.items():
-        score = _finite(entry.get("score")) if isinstance(entry, dict) else None
-        if score is not None:
-            scores[game] = score
-            normalized[game] = _finite(entry.get("human_normalized"))
-    return EvalRound(
-        kind=str(record["kind"]),
-        frames=record["frames"],
-        visit_index=record["visit_index"] if isinstance(record.get("visit_index"), int) else -1,
-        scores=scores,
-        normalized=normalized,
-        capped_sum=_finite(record.get("capped_sum")),
-    )
-
-
 def read_eval_rounds(path: Path, skipped: dict[str, int]) -> list[EvalRound]:
     rounds = []
     for record in _json_lines(path, skipped):
-        round_ = _parse_round(record)
+        round_ = EvalRound.from_json(record)
         if round_ is None:
             skipped[path.name] = skipped.get(path.name, 0) + 1
         else:
@@ -112,14 +87,14 @@ def read_training_log(path: Path, skipped: dict[str, int]) -> TrainingLog:
     games: list[str] = []
     for record in _json_lines(path, skipped):
         for name in TRAINING_COLUMNS:
-            columns[name].append(_number(record.get(name)))
+            columns[name].append(number(record.get(name)))
         games.append(str(record.get("game", "")))
     return TrainingLog({name: np.asarray(values, dtype=float) for name, values in columns.items()},
                        np.asarray(games, dtype=str))
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{str(run_dir)!r} has no config.yaml: not a run directory of `run.py train`")
     try:
@@ -137,7 +112,7 @@ def load_run(run_dir: str | Path) -> RunLog:
     if not run_dir.is_dir():
         raise UsageError(f"run directory {str(run_dir)!r} does not exist")
     config = load_config(run_dir)
-    eval_path = run_dir / "eval.jsonl"
+    eval_path = run_dir / EVAL_FILE
     if not eval_path.is_file():
         raise UsageError(f"{str(run_dir)!r} has no eval.jsonl: the run has not been evaluated "
                          "(eval.every_frames and eval.at_visit_end both off, or it stopped before its first round)")
@@ -145,7 +120,7 @@ def load_run(run_dir: str | Path) -> RunLog:
     rounds = read_eval_rounds(eval_path, skipped)
     if not rounds:
         raise UsageError(f"{eval_path} holds no evaluation round yet")
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS_FILE
     training = read_training_log(metrics_path, skipped) if metrics_path.is_file() else None
     schedule = Schedule(list(config.games), config.schedule)
     return RunLog(

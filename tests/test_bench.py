@@ -73,7 +73,12 @@ def test_rllib_config_matches_our_agent():
     from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
 
     from perf.ours import bench_run_config
-    from perf.rllib_dqn import build_rllib_config, config_notes, make_env, updates_per_round
+    from perf.rllib_dqn import (
+        build_rllib_config,
+        config_notes,
+        make_env,
+        updates_per_round,
+    )
 
     ours = bench_run_config(game="Pong", learning_starts=500, learner_threads=1)
     config = build_rllib_config(ours, fragment=50)
@@ -109,8 +114,9 @@ def test_steady_rate_is_the_slope_of_arrivals():
 
 
 def test_learner_fast_ewc_gradient_equals_the_penalty_gradient():
-    from agents.dqn import DQNConfig, Learner
-    from agents.network import NetworkConfig
+    from agents.dqn.config import DQNConfig
+    from agents.dqn.learning import Learner
+    from agents.dqn.networks import NetworkConfig
     from perf.measure import random_batch, synthetic_anchors
 
     config = DQNConfig(network=NetworkConfig(channels=(8, 8, 8), hidden=16, max_tasks=3))

@@ -9,7 +9,8 @@ from training import checkpoint
 
 
 def state(frames: int) -> dict:
-    return {"config": {"run_name": "x"}, "learner": {"w": torch.full((3,), float(frames))}, "progress": {"frames": frames}}
+    return checkpoint.make_state(config={"run_name": "x"}, counters={"frames": frames}, epsilon={}, task_ids={},
+                                 current_task=0, learner={"w": torch.full((3,), float(frames))}, consolidation={})
 
 
 def test_keeps_the_last_k_and_leaves_no_temporary_files(tmp_path):
@@ -19,7 +20,7 @@ def test_keeps_the_last_k_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in files] == ["ckpt_000000000300.pt", "ckpt_000000000400.pt"]
     assert not list(tmp_path.glob("*.tmp"))
     path, loaded = checkpoint.load_latest(tmp_path)
-    assert path == files[-1] and loaded["progress"]["frames"] == 400
+    assert path == files[-1] and loaded["counters"]["frames"] == 400
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
@@ -28,7 +29,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     latest = checkpoint.list_checkpoints(tmp_path)[-1]
     latest.write_bytes(latest.read_bytes()[:50])  # truncated, as by a crash mid-copy
     path, loaded = checkpoint.load_latest(tmp_path)
-    assert loaded["progress"]["frames"] == 100
+    assert loaded["counters"]["frames"] == 100
     assert "ckpt_000000000200.pt" in capsys.readouterr().err  # the damaged file is named
     with pytest.raises(UsageError, match="corrupt or truncated"):
         checkpoint.load(latest)

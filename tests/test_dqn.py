@@ -10,21 +10,26 @@ import pytest
 import torch
 from torch import nn
 
-from agents.dqn import (
-    DQNConfig,
-    Learner,
+from agents.dqn.config import DQNConfig
+from agents.dqn.fisher import fisher_batch, q_network_fisher
+from agents.dqn.learning import Learner
+from agents.dqn.losses import (
     TensorBatch,
     double_dqn_loss,
     double_dqn_targets,
-    fisher_batch,
-    q_network_fisher,
     to_tensors,
 )
+from agents.dqn.networks import (
+    NetworkConfig,
+    QNetwork,
+    shared_parameter_names,
+    task_parameter_names,
+)
 from agents.epsilon import EpsilonConfig, TaskEpsilon
-from agents.network import NetworkConfig, QNetwork, shared_parameter_names, task_parameter_names
 from agents.optimizer import RMSProp
 from agents.replay import Batch, FrameReplay
 from common.errors import UsageError
+from ewc import EWCPenalty
 
 SMALL_NET = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)
 SMALL = DQNConfig(network=SMALL_NET, learning_rate=1e-3, target_update_period=1_000)
@@ -40,6 +45,13 @@ def random_batch(size: int = 16, seed: int = 0, num_actions: int = SMALL_NET.num
         terminals=(rng.random(size) < 0.25).astype(np.float32),
         next_states=rng.integers(0, 256, frames, dtype=np.uint8),
     )
+
+
+def anchor(learner: Learner, task: int, fisher: dict[str, torch.Tensor]) -> None:
+    """Anchor the learner's current shared weights with `fisher`, as a consolidation actor's state would."""
+    penalty = EWCPenalty(learner.config.ewc_lambda, include=learner.shared_names)
+    penalty.consolidate(learner.online, fisher)
+    learner.set_anchors(penalty.state_dict(), [task])
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,13 +161,13 @@ def test_ewc_penalty_counts_once_a_task_is_anchored_and_only_on_shared_weights()
     assert not learner.ewc_active()
     assert learner.update(batch, task=1)["ewc_penalty"] == 0.0
     learner = Learner(SMALL, seed=0)
-    learner.consolidate(task=0, fisher=fisher)
+    anchor(learner, 0, fisher)
     with torch.no_grad():  # move every parameter away from its anchor
         for p in learner.online.parameters():
             p.add_(0.01)
     assert learner.ewc_active()
     baseline = Learner(replace(SMALL, ewc_enabled=False), seed=0)  # the plain-DQN baseline never applies it
-    baseline.consolidate(task=0, fisher=fisher)
+    anchor(baseline, 0, fisher)
     assert not baseline.ewc_active()
     expected = 0.5 * SMALL.ewc_lambda * sum(
         (fisher[n] * (p - anchors[n]).square()).sum().item()
@@ -192,11 +204,11 @@ def test_set_anchors_replaces_the_penalty_with_a_consolidation_actors_state():
     samples = fisher_batch(buffer, config)
     assert len(samples) == 12
     consolidator.online.set_task(0)
-    fisher = consolidator.compute_fisher(samples, task=2)
+    fisher = q_network_fisher(consolidator.online, consolidator.target, samples, task=2, kind=config.fisher_kind)
     assert consolidator.online.task == 0  # the Fisher's task does not leak into the network's setting
     assert set(fisher) == set(shared_parameter_names(consolidator.online))
     assert all(torch.all(f >= 0) and f.sum() > 0 for f in fisher.values())
-    consolidator.consolidate(2, fisher)
+    anchor(consolidator, 2, fisher)
 
     learner.set_anchors(consolidator.ewc.state_dict(), tasks=[2])
     assert learner.anchored_tasks == {2} and learner.ewc.num_tasks == 1
@@ -244,7 +256,7 @@ def test_td_empirical_fisher_is_the_mean_of_per_sample_squared_gradients():
 def test_state_dict_round_trip_restores_everything():
     config = replace(SMALL, target_update_period=4)
     original = Learner(config, seed=0)
-    original.consolidate(0, {n: torch.ones_like(p) for n, p in original.online.named_parameters()
+    anchor(original, 0, {n: torch.ones_like(p) for n, p in original.online.named_parameters()
                              if n in original.shared_names})
     for i in range(5):
         original.update(random_batch(8, seed=i), task=1)
@@ -296,7 +308,7 @@ def test_compiled_optimizer_step_takes_the_eager_steps_also_after_a_restore():
     config = SMALL
     eager, compiled = Learner(config, seed=0), Learner(config, seed=0, compile_step=True)
     for learner in (eager, compiled):  # with an active EWC penalty, as after a task switch
-        learner.consolidate(0, {n: torch.ones_like(p) for n, p in learner.online.named_parameters()
+        anchor(learner, 0, {n: torch.ones_like(p) for n, p in learner.online.named_parameters()
                                 if n in learner.shared_names})
     for i in range(4):
         assert eager.update(random_batch(8, seed=i), task=1 + i % 2) == pytest.approx(
@@ -319,7 +331,7 @@ def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch, capsys)
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return step
 
-    monkeypatch.setattr("agents.dqn.compiled_optimizer_step", cannot_compile)
+    monkeypatch.setattr("agents.dqn.learning.compiled_optimizer_step", cannot_compile)
     eager, learner = Learner(SMALL, seed=0), Learner(SMALL, seed=0, compile_step=True)
     for i in range(2):
         assert learner.update(random_batch(8, seed=i), task=0) == eager.update(random_batch(8, seed=i), task=0)
@@ -337,7 +349,7 @@ def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch, capsys)
             optimizer.step()
         return step
 
-    monkeypatch.setattr("agents.dqn.compiled_optimizer_step", breaks_later)
+    monkeypatch.setattr("agents.dqn.learning.compiled_optimizer_step", breaks_later)
     learner = Learner(SMALL, seed=0, compile_step=True)
     learner.update(random_batch(8), task=0)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -419,6 +431,8 @@ def test_rmsprop_takes_dopamines_dqn_step_about_3x_torchs():
     torch_rmsprop = copy.deepcopy(learner)
     square_avg = {n: torch.zeros_like(p) for n, p in reference.online.named_parameters()}
     dopamine_steps, torch_steps, our_steps = [], [], []
+    shared = dict(torch_rmsprop.online.named_parameters())
+    optimizer = torch.optim.RMSprop(shared.values(), lr=2.5e-4, alpha=0.95, eps=0.01)
     for _ in range(2):  # the second step also checks the running average of squares
         loss, _ = double_dqn_loss(reference.online, reference.target, to_tensors(batch, "cpu"), 0, config.gamma)
         grads = dict(zip(square_avg, torch.autograd.grad(loss, list(reference.online.parameters()), allow_unused=True)))
@@ -435,8 +449,6 @@ def test_rmsprop_takes_dopamines_dqn_step_about_3x_torchs():
             torch.testing.assert_close(snapshot(learner.online)[name], value, rtol=1e-6, atol=1e-9)
         dopamine_steps.append(torch.cat([s.flatten() for s in expected.values()]).abs().mean().item())
         our_steps.append(torch.cat([(learner.online.state_dict()[n] - before[n]).flatten() for n in expected]).abs().mean())
-        shared = dict(torch_rmsprop.online.named_parameters())
-        optimizer = torch.optim.RMSprop(shared.values(), lr=2.5e-4, alpha=0.95, eps=0.01) if not torch_steps else optimizer
         previous = {n: p.detach().clone() for n, p in shared.items()}
         optimizer.zero_grad()
         double_dqn_loss(torch_rmsprop.online, torch_rmsprop.target, to_tensors(batch, "cpu"), 0, 0.99)[0].backward()
@@ -452,7 +464,7 @@ def test_rmsprop_takes_dopamines_dqn_step_about_3x_torchs():
 def test_ewc_gradient_ratio_per_layer_is_penalty_over_td_gradient_norm():
     learner = Learner(SMALL, seed=0)
     fisher = {n: torch.full_like(p, 0.5) for n, p in learner.online.named_parameters() if n in learner.shared_names}
-    learner.consolidate(task=0, fisher=fisher)
+    anchor(learner, 0, fisher)
     anchors = {n: p.detach().clone() for n, p in learner.online.named_parameters()}
     with torch.no_grad():
         learner.online.fc.weight.add_(0.01)

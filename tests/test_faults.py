@@ -79,7 +79,7 @@ def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
     from training import checkpoint
 
     _, state = checkpoint.load_latest(checkpoints)
-    saved = state["progress"]
+    saved = state["counters"]
     before = metrics(run_dir)
     resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir)],
                              capture_output=True, text=True, timeout=400, cwd=ROOT)
@@ -92,7 +92,7 @@ def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] and summary["resumes"] == 1 and summary["frames"] >= 16_000
     _, final = checkpoint.load_latest(checkpoints)
-    assert final["progress"]["visit_index"] == 3 and final["epsilon"]["steps"][0] >= state["epsilon"]["steps"][0]
+    assert final["counters"]["visit_index"] == 3 and final["epsilon"]["steps"][0] >= state["epsilon"]["steps"][0]
 
 
 def test_diverging_loss_stops_the_run_with_a_clear_message(tmp_path):

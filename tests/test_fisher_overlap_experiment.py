@@ -13,7 +13,12 @@ import torch
 
 import run
 from common.errors import UsageError
-from experiments.fisher_overlap import layer_parameter_names, make_network, patch_permutation, per_layer_overlap
+from experiments.fisher_overlap import (
+    layer_parameter_names,
+    make_network,
+    patch_permutation,
+    per_layer_overlap,
+)
 from experiments.mnist_data import load_embedded
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,13 @@ import torch
 
 from common.errors import UsageError
 from experiments import mnist_data
-from experiments.mnist_data import IDX_FILES, load_embedded, load_idx_dir, read_idx, stratified_split
+from experiments.mnist_data import (
+    IDX_FILES,
+    load_embedded,
+    load_idx_dir,
+    read_idx,
+    stratified_split,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

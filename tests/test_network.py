@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.network import NetworkConfig, QNetwork, TaskAffine, shared_parameter_names, task_parameter_names
+from agents.dqn.networks import (
+    NetworkConfig,
+    QNetwork,
+    TaskAffine,
+    shared_parameter_names,
+    task_parameter_names,
+)
 from common.errors import UsageError
 
 SMALL = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)

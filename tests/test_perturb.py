@@ -10,7 +10,12 @@ import pytest
 import torch
 
 import run
-from agents.network import NetworkConfig, QNetwork, shared_parameter_names, task_parameter_names
+from agents.dqn.networks import (
+    NetworkConfig,
+    QNetwork,
+    shared_parameter_names,
+    task_parameter_names,
+)
 from reporting.perturb import KINDS, flatten, noise_shapes, perturbed_state, unit_noise
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.replay import Batch, ChunkBuilder, FrameReplay, FrameStack, TaskReplay, TransitionChunk
+from agents.replay import (
+    Batch,
+    ChunkBuilder,
+    FrameReplay,
+    FrameStack,
+    TaskReplay,
+    TransitionChunk,
+)
 from common.errors import UsageError
 from envs.atari import AtariSettings, make_atari_env
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from agents.network import shared_parameter_names
-from envs.runner import EnvRunner
+from agents.dqn.actor import EnvRunner
+from agents.dqn.networks import shared_parameter_names
 from common.errors import UsageError
+from tests.conftest import ROOT
 from training.config import load_config
 from training.services import ConsolidationService, LearnerService
-from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

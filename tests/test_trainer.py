@@ -67,7 +67,7 @@ def test_checkpoint_holds_everything_to_resume(tiny_run):
     assert 1 <= len(files) <= 3  # keep_checkpoints
     path, state = checkpoint.resolve(tiny_run)
     assert path == files[-1]
-    assert state["progress"]["frames"] >= 16_000 and state["progress"]["visit_index"] == 3
+    assert state["counters"]["frames"] >= 16_000 and state["counters"]["visit_index"] == 3
     assert set(state["task_ids"]["ids"]) == {"Pong", "Breakout"}
     learner = state["learner"]["learner"]
     assert {"online", "target", "optimizer", "ewc", "anchored_tasks", "num_updates"} <= set(learner)
@@ -138,7 +138,7 @@ def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(tmp_path):
 def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     _, state = checkpoint.resolve(tiny_run)
-    progress = state["progress"]
+    progress = state["counters"]
     # visits are measured from their real start, so none ends short of frames_per_visit
     assert {int(t): n for t, n in summary["frames_per_task"].items()} == progress["frames_per_task"]
     assert all(frames >= 2 * 4000 for frames in progress["frames_per_task"].values())

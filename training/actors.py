@@ -11,7 +11,7 @@ import os
 import ray
 import torch
 
-from envs.runner import EnvRunner
+from agents.dqn.actor import EnvRunner
 from training.services import ConsolidationService, LearnerService
 
 

@@ -141,9 +141,9 @@ class Bench:
     """Runs the chosen sections in an order that keeps compared figures close in time."""
 
     def __init__(self, args: argparse.Namespace, sections: list[str]):
+        from envs.atari import resolve_game
         from perf.ours import bench_run_config
         from perf.rllib_dqn import DEFAULT_FRAGMENT
-        from envs.atari import resolve_game
 
         self.args = args
         self.sections = sections

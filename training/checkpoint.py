@@ -1,13 +1,26 @@
-"""Checkpoint files: written atomically (temporary file, then rename), the last K kept.
+"""Checkpoints: their files and the one place that knows what is inside them.
 
-A run directory's `checkpoints/` holds `ckpt_<frames>.pt` files. Loading takes the newest
-one that reads back; a truncated or corrupt file is reported by name and the previous
-one is used instead.
+Files: a run directory's `checkpoints/` holds `ckpt_<frames>.pt`, written atomically
+(temporary file, then rename), the last K kept. Loading takes the newest one that reads
+back; a truncated or corrupt file is reported by name and the previous one is used instead.
+
+Layout: `make_state` writes it and the accessors below read it (`policy`, `task_fisher`,
+`num_updates`), so no other module spells out the nested keys.
+
+    config         the resolved run config (a dict)
+    counters       the driver's counters (`training.loop.Counters`)
+    epsilon        the per-task epsilon timers
+    task_ids       the task-id source's state (`training.task_ids`)
+    current_task   the task being trained
+    learner        `LearnerService.state_dict()`: {"learner": Learner state, "confusion", ...}
+    consolidation  `ConsolidationService.state_dict()`: {"terms": {task: (fisher, anchors)}, ...}
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +29,7 @@ import torch
 from common.errors import UsageError
 
 PREFIX, SUFFIX = "ckpt_", ".pt"
+LAYOUT = {"config", "counters", "epsilon", "task_ids", "current_task", "learner", "consolidation"}
 
 
 def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int) -> Path:
@@ -45,7 +59,7 @@ def load(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a damaged file
         raise UsageError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or "config" not in state or "learner" not in state:
+    if not isinstance(state, dict) or not LAYOUT <= set(state):
         raise UsageError(f"{str(path)!r} is not a checkpoint of this trainer")
     return state
 
@@ -70,3 +84,57 @@ def resolve(path: str | Path) -> tuple[Path, dict[str, Any]]:
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         return load_latest(directory)
     return path, load(path)
+
+
+# ---- the layout ----------------------------------------------------------------------------
+
+
+def make_state(*, config: dict, counters: dict, epsilon: dict, task_ids: dict, current_task: int,
+               learner: dict, consolidation: dict) -> dict[str, Any]:
+    """A checkpoint's contents (see the module docstring)."""
+    return {"config": config, "counters": counters, "epsilon": epsilon, "task_ids": task_ids,
+            "current_task": current_task, "learner": learner, "consolidation": consolidation}
+
+
+def num_updates(state: Mapping[str, Any]) -> int:
+    """Learner updates taken when the checkpoint was written."""
+    return int(state["learner"]["learner"]["num_updates"])
+
+
+def has_replay(state: Mapping[str, Any]) -> bool:
+    return "replay" in state["learner"]
+
+
+def task_fisher(state: Mapping[str, Any], task: int) -> dict[str, Any] | None:
+    """The Fisher the consolidation actor kept for `task`, if any (online EWC keeps none per task)."""
+    term = (state["consolidation"].get("terms") or {}).get(task)
+    if term is None:
+        return None
+    return term[0] or None
+
+
+@dataclass
+class Policy:
+    """What playing a checkpoint's agent needs: its config, weights and the task id of each game."""
+
+    path: Path
+    config: Any  # training.config.RunConfig
+    frames: int
+    weights: dict[str, Any]  # the online network's state_dict
+    game_tasks: dict[str, int]
+
+
+def policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
+    """The trained agent in a checkpoint file or run directory, and the checkpoint's whole state."""
+    from training.config import config_from_dict
+    from training.task_ids import make_task_ids
+
+    file, state = resolve(path)
+    config = config_from_dict(state["config"], check_memory=False)
+    task_ids = make_task_ids(config.task_inference, list(config.games), config.agent.network.max_tasks)
+    task_ids.load_state_dict(state["task_ids"])
+    return Policy(
+        path=file, config=config, frames=int(state["counters"]["frames"]),
+        weights=state["learner"]["learner"]["online"],
+        game_tasks={game: task_ids.eval_task(game) for game in config.games},
+    ), state

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from agents.dqn import DQNConfig
+from agents.dqn.config import DQNConfig
 from agents.epsilon import EpsilonConfig
 from common.errors import UsageError
 from envs.atari import AtariSettings

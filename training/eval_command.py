@@ -32,13 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from agents.dqn.actor import EnvRunner
     from training import checkpoint
-    from training.config import config_from_dict
-    from envs.runner import EnvRunner
 
-    path, state = checkpoint.resolve(args.checkpoint)
-    config = config_from_dict(state["config"], check_memory=False)
-    task_ids = dict(state["task_ids"]["ids"])
+    trained, _ = checkpoint.policy(args.checkpoint)
+    config, task_ids = trained.config, trained.game_tasks
     games = [resolve_game(g) for g in (args.games or list(task_ids))]
     unknown = [g for g in games if g not in task_ids]
     if unknown:
@@ -49,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     if episodes < 1 or not 0.0 <= epsilon <= 1.0 or max_frames < 1:
         raise UsageError("--episodes and --max-episode-frames must be positive and --epsilon in [0, 1]")
     runner = EnvRunner(0, 1, config.agent.network, config.env, seed=args.seed)
-    runner.set_weights(state["learner"]["learner"]["online"])
+    runner.set_weights(trained.weights)
     results, normalized = {}, {}
     for game in games:
         scores = runner.evaluate(game, task_ids[game], episodes, epsilon, max_frames)
@@ -60,8 +58,8 @@ def main(args: argparse.Namespace) -> int:
             norm = "n/a" if normalized[game] is None else f"{normalized[game]:.3f}"
             print(f"{game}: score {mean:.1f} over {episodes} episode(s), human-normalised {norm}", file=sys.stderr)
     output = {
-        "checkpoint": str(path),
-        "frames": state["progress"]["frames"],
+        "checkpoint": str(trained.path),
+        "frames": trained.frames,
         "games": results,
         "capped_sum": capped_sum(normalized),
         "config": {"episodes": episodes, "epsilon": epsilon, "max_episode_frames": max_frames, "seed": args.seed},

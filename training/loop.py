@@ -3,14 +3,13 @@
 Env actors play the current game and ship chunks of single frames to the learner actor
 (through the object store: the driver only sees episode statistics). The driver keeps the
 paper's replay ratio (one update per `agent.update_period` agent steps once a task's buffer
-holds `agent.learning_starts` transitions) by submitting slices of updates to the learner and
-holding actors back when they run ahead. At each game switch it asks the consolidation actor
-for the finished task's Fisher and routes the merged anchors to the learner. Every game of
-the schedule is evaluated periodically, so forgetting shows up as curves.
+is ready) by submitting slices of updates to the learner and holding actors back when they
+run ahead. At each task switch it asks the consolidation actor for the finished task's
+Fisher and routes the merged anchors to the learner. Every game of the schedule is
+evaluated periodically, so forgetting shows up as curves.
 
-Outputs in the run directory: `config.yaml` (resolved), `metrics.jsonl` (one JSON object per
-log interval), `eval.jsonl` (one per evaluation round), TensorBoard event files,
-`checkpoints/`, `actors.json` (where each actor runs) and `summary.json` at the end.
+Where the task id comes from is `training.task_ids` (schedule labels or forget-me-not); what
+the run writes is `training.records`; extensions plug in through `training.hooks`.
 """
 from __future__ import annotations
 
@@ -23,14 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 import yaml
 
 from agents.epsilon import TaskEpsilon
 from common.errors import RunAborted, UsageError
 from envs.scores import capped_sum, human_normalized
-from training import checkpoint
+from training import checkpoint, records
+from training.actors import ConsolidationActor, EnvActor, LearnerActor
 from training.config import RunConfig, config_to_dict
-from training.schedule import Schedule, ScheduleTaskIds, Visit
+from training.hooks import TrainerHook
+from training.schedule import Schedule, Visit
+from training.task_ids import make_task_ids
 
 MAX_TRAIN_CALLS_IN_FLIGHT = 2  # keeps the learner busy while the driver handles the previous slice
 UPDATES_PER_SLICE = 16
@@ -38,8 +41,8 @@ NEVER = 2**62  # a frame count no run reaches
 
 
 @dataclass
-class Progress:
-    """Driver-side counters; saved in checkpoints so a resumed run continues them."""
+class Counters:
+    """The driver's counters; saved in checkpoints so a resumed run continues them."""
 
     frames: int = 0  # emulator frames played, all games
     steps: int = 0  # agent steps, all games
@@ -58,7 +61,7 @@ class Progress:
 
 
 @dataclass
-class _Interval:
+class Interval:
     """What happened since the last log line."""
 
     start: float = field(default_factory=time.monotonic)
@@ -70,35 +73,59 @@ class _Interval:
 
 
 @dataclass
-class _EvalRound:
-    """One evaluation of every game on one snapshot of the weights."""
+class PendingEval:
+    """An evaluation round in progress: every game on one snapshot of the weights."""
 
-    kind: str  # "initial" (before training), "periodic", "visit_end" (the visit's final weights), "final"
+    kind: str  # "initial", "periodic", "visit_end" or "final" (see records.EvalRound)
     frames: int
     visit_index: int
     pending: dict[Any, str]  # ref -> game
     scores: dict[str, list[float]] = field(default_factory=dict)
 
 
+@dataclass
+class InFlight:
+    """Calls to the actors whose results the driver has not handled yet."""
+
+    collects: dict[Any, tuple[int, Any]] = field(default_factory=dict)  # stats ref -> (actor index, add ref)
+    adds: dict[Any, int] = field(default_factory=dict)  # learner.add ref -> agent steps in it
+    trains: list[Any] = field(default_factory=list)
+    consolidations: list[Any] = field(default_factory=list)
+    eval_round: PendingEval | None = None
+    idle: set[int] = field(default_factory=set)  # env actors with no chunk to play
+
+    def refs(self) -> list[Any]:
+        evals = self.eval_round.pending if self.eval_round else {}
+        return [*self.collects, *self.adds, *self.trains, *evals, *self.consolidations]
+
+
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False, stop_after_s: float | None = None):
+    """One continual training run (`run()`); its state is the dataclasses above plus the fields below."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, quiet: bool = False, hooks: list[TrainerHook] = ()):
         self.config = config
-        self.stop_after_s = stop_after_s  # wall-clock budget: stop cleanly (checkpoint, summary) when spent
-        self.stop_reason: str | None = None  # said when stopping early; default: the time limit
         self.run_dir = run_dir
         self.quiet = quiet
+        self.hooks = list(hooks)
         self.schedule = Schedule(config.games, config.schedule)
-        self.task_ids = ScheduleTaskIds([v.game for v in self.schedule.visits])
+        self.task_ids = make_task_ids(config.task_inference, [v.game for v in self.schedule.visits],
+                                      config.agent.network.max_tasks)
         self.epsilon = TaskEpsilon(config.epsilon)
-        self.progress = Progress(next_eval_frame=0 if config.eval.every_frames else NEVER)
-        self.interval = _Interval()
-        self.last_metrics: dict[str, float] = {}
-        self.last_eval: dict[str, Any] | None = None
-        self.eval_round: _EvalRound | None = None
-        self.task = 0  # the task the agent trains now: the schedule's label, or forget-me-not's inferred id
-        # forget-me-not only: agent steps per (true game, inferred task), as the learner reported them
-        self.fmn_votes: dict[str, dict[int, int]] | None = {} if config.task_inference == "fmn" else None
+        self.counters = Counters(next_eval_frame=0 if config.eval.every_frames else NEVER)
+        self.interval = Interval()
+        self.inflight = InFlight()
         self.started = time.monotonic()
+        # The position in the schedule, and what the learner last said about the task's buffer.
+        self.visit: Visit = self.schedule.visits[0]
+        self.task = 0  # the task the agent trains now: the schedule's label, or forget-me-not's inferred id
+        self.replay_size = 0
+        self.replay_ready = False
+        self.last_eval: records.EvalRound | None = None
+        # Set by `run`: the actors, the latest weights' object ref, the outputs.
+        self.learner = self.consolidator = self.evaluator = self.weights = None
+        self.actors: list = []
+        self.device = "cpu"
+        self.writer = self.metrics_file = self.eval_file = None
 
     # ---- output ---------------------------------------------------------------------------
 
@@ -110,23 +137,19 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
-        self.eval_file = open(self.run_dir / "eval.jsonl", "a")
+        (self.run_dir / records.CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+        self.writer = SummaryWriter(str(self.run_dir / records.TENSORBOARD_DIR))
+        self.metrics_file = open(self.run_dir / records.METRICS_FILE, "a")
+        self.eval_file = open(self.run_dir / records.EVAL_FILE, "a")
 
     def _close_outputs(self) -> None:
-        self.writer.close()
-        self.metrics_file.close()
-        self.eval_file.close()
+        for output in (self.writer, self.metrics_file, self.eval_file):
+            if output is not None:
+                output.close()
 
     # ---- Ray set-up -----------------------------------------------------------------------
 
     def _start_actors(self) -> None:
-        import ray
-
-        from training.actors import ConsolidationActor, EnvActor, LearnerActor
-
         cfg = self.config
         resources = ray.cluster_resources()
         has_gpu = resources.get("GPU", 0) >= 1
@@ -160,21 +183,21 @@ class Trainer:
             **{f"env_actor_{i}": a.where.remote() for i, a in enumerate(self.actors)},
         }
         placement = {name: ray.get(ref) for name, ref in where.items()}
-        (self.run_dir / "actors.json").write_text(json.dumps(placement, indent=2))
+        (self.run_dir / records.ACTORS_FILE).write_text(json.dumps(placement, indent=2))
         nodes = len({p["node_id"] for p in placement.values()})
         self.say(f"actors started on {nodes} node(s); learner on {device}")
 
     # ---- the loop -------------------------------------------------------------------------
 
     def run(self, resume_state: dict | None = None) -> dict[str, Any]:
-        import ray
-
         self._open_outputs()
         try:
             self._start_actors()
             if resume_state is not None:
                 self._restore(resume_state)
-            return self._loop(ray)
+            for hook in self.hooks:
+                hook.after_start(self)
+            return self._loop()
         except ray.exceptions.RayTaskError as err:
             if isinstance(err.cause, UsageError):  # e.g. a checkpoint that does not fit the network
                 raise err.cause from None
@@ -186,70 +209,62 @@ class Trainer:
             self._close_outputs()
 
     def _resume_hint(self) -> str:
-        files = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        files = checkpoint.list_checkpoints(self.run_dir / records.CHECKPOINT_DIR)
         if not files:
             return "no checkpoint was written yet"
         return f"last good checkpoint: {files[-1]}; continue with: python run.py train --resume {self.run_dir}"
 
-    def _loop(self, ray) -> dict[str, Any]:
-        cfg = self.config
+    def _loop(self) -> dict[str, Any]:
+        cfg, counters, inflight = self.config, self.counters, self.inflight
         self.weights = self.learner.weights.remote()
-        self.visit = self.schedule.visits[self.progress.visit_index]
-        if self.fmn_votes is None:
-            self.task = self.task_ids.task_for(self.visit.game)
+        self.visit = self.schedule.visits[counters.visit_index]
+        self.task = self.task_ids.visit_task(self.visit.game, self.task)
         self._send_game_and_weights(range(len(self.actors)))
         self.say(f"visit {self.visit.index + 1}/{len(self.schedule.visits)}: {self.visit.game} (task {self.task})")
-        if cfg.eval.every_frames and self.progress.frames == 0:
+        if cfg.eval.every_frames and counters.frames == 0:
             self._start_eval("initial")  # the untrained network's scores: the baseline of forward transfer
-            self.progress.next_eval_frame = cfg.eval.every_frames
+            counters.next_eval_frame = cfg.eval.every_frames
 
-        self.collects: dict[Any, tuple[int, int, Any]] = {}  # stats ref -> (actor index, steps, add ref)
-        self.adds: dict[Any, int] = {}  # learner.add ref -> agent steps in it
-        self.trains: list[Any] = []
-        self.consolidations: list[Any] = []
-        self.replay_size = 0  # of the current task's buffer, as the learner last reported it
-        self.replay_ready = False  # whether the learner reported the current task's buffer ready to train on
-        self.idle = set(range(len(self.actors)))
-        last_sync = self.progress.updates_done
+        inflight.idle = set(range(len(self.actors)))
+        last_sync = counters.updates_done
         last_log = last_checkpoint = time.monotonic()
-        switching = stopping = False
+        switching = False
+        stop_reason: str | None = None
 
         while True:
-            if self.stop_after_s is not None and time.monotonic() - self.started >= self.stop_after_s:
-                stopping = True
+            stop_reason = stop_reason or next(filter(None, (hook.should_stop(self) for hook in self.hooks)), None)
             # Every chunk of the visit is stored and every update it is owed has been sent, so the
             # finished task gets them all, before its Fisher is taken and under its own task id.
-            drained = not self.collects and not self.adds and self._owed_updates() == 0
-            if stopping and drained:
-                self.say(f"{self.stop_reason or f'time limit of {self.stop_after_s:g} s reached'}: stopping")
+            drained = not inflight.collects and not inflight.adds and self._owed_updates() == 0
+            if stop_reason and drained:
+                self.say(f"{stop_reason}: stopping")
                 break
             next_visit = self._next_visit()
             switching = switching or next_visit is not self.visit
             if switching and drained:
-                self._end_visit(ray, next_visit)
+                self._end_visit(next_visit)
                 if next_visit is None:
                     break
                 self._begin_visit(next_visit)
                 switching = False
                 last_checkpoint = time.monotonic()
 
-            if not (switching or stopping):
+            if not (switching or stop_reason):
                 self._launch_collects()
             self._launch_trains()
-            evals = self.eval_round.pending if self.eval_round else {}
-            pending = [*self.collects, *self.adds, *self.trains, *evals, *self.consolidations]
+            pending = inflight.refs()
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.5) if pending else ([], [])
             for ref in ready:
-                self._handle(ray, ref)
+                self._handle(ref)
 
-            if self.progress.updates_done - last_sync >= cfg.actors.weight_sync_updates:
+            if counters.updates_done - last_sync >= cfg.actors.weight_sync_updates:
                 self.weights = self.learner.weights.remote()
                 for actor in self.actors:
                     actor.set_weights.remote(self.weights)
-                last_sync = self.progress.updates_done
-            if self.progress.frames >= self.progress.next_eval_frame and self.eval_round is None and not switching:
+                last_sync = counters.updates_done
+            if counters.frames >= counters.next_eval_frame and inflight.eval_round is None and not switching:
                 self._start_eval("periodic")
-                self.progress.next_eval_frame = self.progress.frames + cfg.eval.every_frames
+                counters.next_eval_frame = counters.frames + cfg.eval.every_frames
             now = time.monotonic()
             if now - last_log >= cfg.logging.log_every_s:
                 self._log()
@@ -258,44 +273,44 @@ class Trainer:
                 self._checkpoint()
                 last_checkpoint = now
 
-        for ref in self.trains:
+        for ref in inflight.trains:
             self._on_train(ray.get(ref))
-        for ref in self.consolidations:
+        for ref in inflight.consolidations:
             self._on_consolidation(ray.get(ref))
-        self._finish_eval(ray)
+        self._finish_eval()
         if cfg.eval.every_frames and not cfg.eval.at_visit_end:  # the last visit_end round already scored these weights
             self._start_eval("final")
-            self._finish_eval(ray)
+            self._finish_eval()
         self._log()
         path = self._checkpoint()
-        if self.fmn_votes is not None:
-            self._write_confusion(ray)
+        self.task_ids.finish(ray.get(self.learner.fmn_confusion.remote()), self.run_dir,
+                             lambda tag, text: self.writer.add_text(tag, text, counters.frames), self.say)
         elapsed = time.monotonic() - self.started
         summary = {
             "run_dir": str(self.run_dir),
-            "completed": not stopping,
+            "completed": stop_reason is None,
             "checkpoint": str(path),
-            "frames": self.progress.frames,
-            "env_steps": self.progress.steps,
-            "updates": self.progress.updates_done,
+            "frames": counters.frames,
+            "env_steps": counters.steps,
+            "updates": counters.updates_done,
             "wall_s": round(elapsed, 1),
-            "env_steps_per_s": self.progress.steps / max(elapsed, 1e-9),
-            "consolidations": self.progress.consolidations,
-            "frames_per_task": self.progress.frames_per_task,
+            "env_steps_per_s": counters.steps / max(elapsed, 1e-9),
+            "consolidations": counters.consolidations,
+            "frames_per_task": counters.frames_per_task,
             "updates_per_task": ray.get(self.learner.updates_per_task.remote()),
-            "lost_chunks": self.progress.lost_chunks,
-            "resumes": self.progress.resumes,
-            "final_eval": self.last_eval,
+            "lost_chunks": counters.lost_chunks,
+            "resumes": counters.resumes,
+            "final_eval": self.last_eval.to_json() if self.last_eval else None,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.say(f"done: {self.progress.frames:,} frames, {self.progress.updates_done:,} updates in {summary['wall_s']} s")
+        (self.run_dir / records.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        self.say(f"done: {counters.frames:,} frames, {counters.updates_done:,} updates in {summary['wall_s']} s")
         return summary
 
     # ---- steps of the loop ----------------------------------------------------------------
 
     def _next_visit(self) -> Visit | None:
         """The current visit until it has played `frames_per_visit` frames, then the next (None at the end)."""
-        played = self.progress.frames - self.progress.visit_start_frame
+        played = self.counters.frames - self.counters.visit_start_frame
         if played < self.config.schedule.frames_per_visit:
             return self.visit
         following = self.visit.index + 1
@@ -303,151 +318,152 @@ class Trainer:
 
     def _owed_updates(self) -> int:
         """Updates the replay ratio asks for that have not been sent to the learner yet."""
-        return self.progress.trainable_steps // self.config.agent.update_period - self.progress.updates_submitted
+        return self.counters.trainable_steps // self.config.agent.update_period - self.counters.updates_submitted
 
     def _send_game_and_weights(self, actor_indices) -> None:
         for i in actor_indices:
             self.actors[i].set_weights.remote(self.weights)
             self.actors[i].set_game.remote(self.visit.game, self.task)
 
-    def _end_visit(self, ray, next_visit: Visit | None) -> None:
-        """Score the visit's final weights and consolidate its task (the Fisher is computed off the learner)."""
+    def _end_visit(self, next_visit: Visit | None) -> None:
+        """Score the visit's final weights; consolidate its task if the agent is told about switches."""
         cfg = self.config
         if cfg.eval.at_visit_end:
-            self._finish_eval(ray)
+            self._finish_eval()
             self._start_eval("visit_end")
             if cfg.eval.every_frames:  # this round also serves as the periodic one due about now
-                self.progress.next_eval_frame = max(self.progress.next_eval_frame, self.progress.frames + cfg.eval.every_frames)
+                self.counters.next_eval_frame = max(self.counters.next_eval_frame,
+                                                    self.counters.frames + cfg.eval.every_frames)
         if next_visit is None:
-            self._consolidate(upcoming=-1)
-        elif self.fmn_votes is None:  # true task labels: the schedule says the task changes here
-            self._consolidate(upcoming=self.task_ids.task_for(next_visit.game))
-        # with forget-me-not the agent is not told: it consolidates when FMN reports a new task id
+            self._switch_task(None)
+        elif self.task_ids.told_at_switches:
+            self._switch_task(self.task_ids.visit_task(next_visit.game, self.task))
+        # otherwise the agent is not told: it switches when the learner's task inference reports a new id
 
-    def _consolidate(self, upcoming: int) -> None:
-        """Fisher of the current task (off the learner, on the consolidation actor); anchors go to the learner."""
+    def _switch_task(self, new_task: int | None) -> None:
+        """Consolidate the finished task (off the learner, on the consolidation actor) and train `new_task` next."""
+        for hook in self.hooks:
+            hook.at_task_switch(self, self.task, new_task)
         if self.config.agent.ewc_enabled and self.replay_size >= self.config.agent.batch_size:
             inputs = self.learner.consolidation_inputs.remote(self.task)
-            anchors = self.consolidator.consolidate.remote(inputs, upcoming, dict(self.progress.frames_per_task))
+            upcoming = -1 if new_task is None else new_task
+            anchors = self.consolidator.consolidate.remote(inputs, upcoming, dict(self.counters.frames_per_task))
             self.learner.set_anchors.remote(anchors)
-            self.consolidations.append(anchors)
-
-    def _on_inferred_switch(self, new_task: int) -> None:
-        self.say(f"forget-me-not: task {self.task} -> {new_task} (true game {self.visit.game})")
-        self.writer.add_scalar("fmn/switches", 1, self.progress.frames)
-        self._consolidate(upcoming=new_task)
-        self.task, self.replay_size, self.replay_ready = new_task, 0, False
+            self.inflight.consolidations.append(anchors)
+        if new_task is not None and new_task != self.task:
+            self.task, self.replay_size, self.replay_ready = new_task, 0, False
 
     def _begin_visit(self, visit: Visit) -> None:
         self.visit = visit
-        if self.fmn_votes is None:
-            self.task, self.replay_size, self.replay_ready = self.task_ids.task_for(visit.game), 0, False
-        # with forget-me-not the actors go on with the current task id until FMN reports a change
         for actor in self.actors:
             actor.set_game.remote(visit.game, self.task)
-        self.progress.visit_index = visit.index
-        self.progress.visit_start_frame = self.progress.frames
+        self.counters.visit_index = visit.index
+        self.counters.visit_start_frame = self.counters.frames
         self.say(f"visit {visit.index + 1}/{len(self.schedule.visits)}: {visit.game} (task {self.task})")
         self._checkpoint()
 
-    def _learning(self) -> bool:
-        return self.replay_ready
-
     def _launch_collects(self) -> None:
         """Give idle actors a chunk to play, unless they would run ahead of the learner's replay ratio."""
-        cfg = self.config
+        cfg, inflight = self.config, self.inflight
         steps_per_collect = cfg.actors.chunk_steps * cfg.actors.envs_per_actor
         max_lag = 2 * steps_per_collect * cfg.actors.num_env_actors
         # On their way to the replay: chunks being played *and* chunks whose add has not returned yet (adds
         # queue behind train slices on the learner); leaving the latter out let actors run far ahead.
-        in_flight = sum(self.adds.values())
-        lag = self.progress.trainable_steps - self.progress.updates_done * cfg.agent.update_period
-        for i in sorted(self.idle):
-            if self._learning() and lag + in_flight >= max_lag:
+        in_flight = sum(inflight.adds.values())
+        lag = self.counters.trainable_steps - self.counters.updates_done * cfg.agent.update_period
+        for i in sorted(inflight.idle):
+            if self.replay_ready and lag + in_flight >= max_lag:
                 break
             stats_ref, chunks_ref = self.actors[i].collect_split.remote(
                 cfg.actors.chunk_steps, self.epsilon.value(self.task), self.visit.game, self.task
             )
             add_ref = self.learner.add.remote(self.task, chunks_ref, self.visit.game)  # actor -> learner directly
-            self.collects[stats_ref] = (i, steps_per_collect, add_ref)
-            self.adds[add_ref] = steps_per_collect
+            inflight.collects[stats_ref] = (i, add_ref)
+            inflight.adds[add_ref] = steps_per_collect
             in_flight += steps_per_collect
-            self.idle.discard(i)
+            inflight.idle.discard(i)
 
     def _launch_trains(self) -> None:
         """Keep the learner busy with slices of updates, one per `update_period` trainable agent steps."""
-        while len(self.trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self._owed_updates() > 0:
+        while len(self.inflight.trains) < MAX_TRAIN_CALLS_IN_FLIGHT and self._owed_updates() > 0:
             n = min(UPDATES_PER_SLICE, self._owed_updates())
-            self.trains.append(self.learner.train.remote(self.task, n))
-            self.progress.updates_submitted += n
+            self.inflight.trains.append(self.learner.train.remote(self.task, n))
+            self.counters.updates_submitted += n
 
-    def _handle(self, ray, ref) -> None:
-        if ref in self.collects:
-            i, _, add_ref = self.collects.pop(ref)
-            self.idle.add(i)
-            self._on_collect(ray, ref, i, add_ref)
-        elif ref in self.adds:
-            steps = self.adds.pop(ref)
-            added = ray.get(ref)
-            frames = self.progress.frames_per_task
-            frames[added["task"]] = frames.get(added["task"], 0) + steps * self.config.env.frame_skip
-            if self.fmn_votes is not None:
-                votes = self.fmn_votes.setdefault(self.visit.game, {})
-                votes[added["task"]] = votes.get(added["task"], 0) + added["transitions"]
-                if added["task"] != self.task:
-                    self._on_inferred_switch(added["task"])
-            if added["task"] == self.task:
-                self.replay_size, self.replay_ready = added["replay_size"], added["ready"]
-                if self._learning():
-                    self.progress.trainable_steps += added["transitions"]
-                    per_task = self.progress.trainable_steps_per_task
-                    per_task[self.task] = per_task.get(self.task, 0) + added["transitions"]
-        elif ref in self.trains:
-            self.trains.remove(ref)
+    def _handle(self, ref) -> None:
+        inflight = self.inflight
+        if ref in inflight.collects:
+            i, add_ref = inflight.collects.pop(ref)
+            inflight.idle.add(i)
+            self._on_collect(ref, i, add_ref)
+        elif ref in inflight.adds:
+            self._on_add(ray.get(ref), inflight.adds.pop(ref))
+        elif ref in inflight.trains:
+            inflight.trains.remove(ref)
             self._on_train(ray.get(ref))
-        elif self.eval_round and ref in self.eval_round.pending:
-            game = self.eval_round.pending.pop(ref)
+        elif inflight.eval_round and ref in inflight.eval_round.pending:
+            game = inflight.eval_round.pending.pop(ref)
             try:
-                self.eval_round.scores[game] = ray.get(ref)
+                inflight.eval_round.scores[game] = ray.get(ref)
             except ray.exceptions.RayActorError:
                 self.say(f"the evaluator died while playing {game}; this evaluation round is dropped")
-                self.eval_round = None
+                inflight.eval_round = None
                 return
-            if not self.eval_round.pending:
-                self._on_eval(self.eval_round)
-                self.eval_round = None
+            if not inflight.eval_round.pending:
+                self._on_eval(inflight.eval_round)
+                inflight.eval_round = None
         else:
-            self.consolidations.remove(ref)
+            inflight.consolidations.remove(ref)
             self._on_consolidation(ray.get(ref))
 
     # ---- event handlers -------------------------------------------------------------------
 
-    def _on_collect(self, ray, ref, actor_index: int, add_ref) -> None:
+    def _on_collect(self, ref, actor_index: int, add_ref) -> None:
+        counters = self.counters
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as err:
             # The actor died mid-chunk. Ray restarts it (max_restarts); the chunk it was playing is lost
             # (and so is the learner's add of it), nothing else: give the new actor the game and weights.
-            self.adds.pop(add_ref, None)
-            self.progress.lost_chunks += 1
+            self.inflight.adds.pop(add_ref, None)
+            counters.lost_chunks += 1
             self.say(f"env actor {actor_index} died ({type(err).__name__}); its in-flight chunk is lost "
-                     f"({self.progress.lost_chunks} so far); Ray restarts it")
-            self.writer.add_scalar("faults/lost_chunks", self.progress.lost_chunks, self.progress.frames)
+                     f"({counters.lost_chunks} so far); Ray restarts it")
+            self.writer.add_scalar("faults/lost_chunks", counters.lost_chunks, counters.frames)
             self._send_game_and_weights([actor_index])
             return
         if result.fresh_actor:  # Ray restarted this actor between two chunks: it plays with initial weights
             self.say(f"env actor {actor_index} was restarted by Ray; sending it the current weights")
             self.actors[actor_index].set_weights.remote(self.weights)
-        self.progress.steps += result.steps
-        self.progress.frames += result.steps * self.config.env.frame_skip
-        self.progress.episodes += len(result.episode_returns)
+        counters.steps += result.steps
+        counters.frames += result.steps * self.config.env.frame_skip
+        counters.episodes += len(result.episode_returns)
         self.epsilon.advance(result.task, result.steps)
         self.interval.steps += result.steps
         self.interval.returns[result.game].extend(result.episode_returns)
+        for hook in self.hooks:
+            hook.after_collect(self, result)
 
-    def _on_train(self, metrics: dict[str, float]) -> None:
-        done = int(metrics.pop("updates")) - self.progress.updates_done
-        self.progress.updates_done += done
+    def _on_add(self, added: dict[str, Any], steps: int) -> None:
+        """The learner stored a collect's chunks under `added["task"]` (its inferred id with forget-me-not)."""
+        counters, task = self.counters, added["task"]
+        counters.frames_per_task[task] = counters.frames_per_task.get(task, 0) + steps * self.config.env.frame_skip
+        self.task_ids.note_added(self.visit.game, task, added["transitions"])
+        if task != self.task:  # only task inference reports another id: the frames say the game changed
+            self.say(f"forget-me-not: task {self.task} -> {task} (true game {self.visit.game})")
+            self.writer.add_scalar("fmn/switches", 1, counters.frames)
+            self._switch_task(task)
+        self.replay_size, self.replay_ready = added["replay_size"], added["ready"]
+        if self.replay_ready:
+            counters.trainable_steps += added["transitions"]
+            per_task = counters.trainable_steps_per_task
+            per_task[task] = per_task.get(task, 0) + added["transitions"]
+
+    def _on_train(self, metrics: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.after_train(self, metrics)
+        done = int(metrics.pop("updates")) - self.counters.updates_done
+        self.counters.updates_done += done
         self.interval.updates += done
         in_a_row = int(metrics.pop("nonfinite_in_a_row"))
         if "ewc_grad_ratio" in metrics:
@@ -467,10 +483,10 @@ class Trainer:
             )
 
     def _on_consolidation(self, anchors: dict[str, Any]) -> None:
-        self.progress.consolidations += 1
-        task = anchors["fisher_task"]
-        self.writer.add_scalar("ewc/fisher_mean", anchors["fisher_mean"], self.progress.frames)
-        self.writer.add_scalar("ewc/anchored_tasks", len(anchors["tasks"]), self.progress.frames)
+        self.counters.consolidations += 1
+        task, frames = anchors["fisher_task"], self.counters.frames
+        self.writer.add_scalar("ewc/fisher_mean", anchors["fisher_mean"], frames)
+        self.writer.add_scalar("ewc/anchored_tasks", len(anchors["tasks"]), frames)
         self.say(f"consolidated task {task}: mean Fisher {anchors['fisher_mean']:.3g}; penalty now anchors tasks {anchors['tasks']}")
 
     def _start_eval(self, kind: str) -> None:
@@ -479,159 +495,130 @@ class Trainer:
         self.evaluator.set_weights.remote(self.learner.weights.remote())
         pending = {
             self.evaluator.evaluate.remote(
-                game, self._task_of(game), cfg.eval.episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames
+                game, self.task_ids.eval_task(game), cfg.eval.episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames
             ): game
             for game in self.schedule.games()
         }
-        self.eval_round = _EvalRound(kind, self.progress.frames, self.progress.visit_index, pending)
+        self.inflight.eval_round = PendingEval(kind, self.counters.frames, self.counters.visit_index, pending)
 
-    def _task_of(self, game: str) -> int:
-        """The task id whose gains and biases play `game`: the label, or FMN's most frequent id for it."""
-        if self.fmn_votes is None:
-            return self.task_ids.task_for(game)
-        votes = self.fmn_votes.get(game)
-        if votes:
-            return max(votes, key=votes.get)
-        used = {t for row in self.fmn_votes.values() for t in row}
-        return min(set(range(self.config.agent.network.max_tasks)) - used, default=0)  # an unseen game: fresh parameters
-
-    def _finish_eval(self, ray) -> None:
+    def _finish_eval(self) -> None:
         """Wait for the evaluation round in progress, if any, and record it."""
-        if self.eval_round is None:
+        round_ = self.inflight.eval_round
+        if round_ is None:
             return
-        for ref, game in self.eval_round.pending.items():
-            self.eval_round.scores[game] = ray.get(ref)
-        self._on_eval(self.eval_round)
-        self.eval_round = None
+        for ref, game in round_.pending.items():
+            round_.scores[game] = ray.get(ref)
+        self._on_eval(round_)
+        self.inflight.eval_round = None
 
-    def _on_eval(self, round_: _EvalRound) -> None:
-        frame = round_.frames
-        record: dict[str, Any] = {"kind": round_.kind, "frames": frame, "visit_index": round_.visit_index, "games": {}}
-        normalized = {}
-        for game, values in round_.scores.items():
-            mean = sum(values) / len(values)
-            normalized[game] = human_normalized(game, mean)
-            record["games"][game] = {"score": mean, "human_normalized": normalized[game], "episodes": values}
-            self.writer.add_scalar(f"eval/{game}/score", mean, frame)
+    def _on_eval(self, pending: PendingEval) -> None:
+        frame = pending.frames
+        scores = {game: sum(values) / len(values) for game, values in pending.scores.items()}
+        normalized = {game: human_normalized(game, score) for game, score in scores.items()}
+        evaluation = records.EvalRound(pending.kind, frame, pending.visit_index, scores, normalized,
+                                       capped_sum(normalized), episodes=pending.scores)
+        for game, score in scores.items():
+            self.writer.add_scalar(f"eval/{game}/score", score, frame)
             if normalized[game] is not None:
                 self.writer.add_scalar(f"eval/{game}/human_normalized", normalized[game], frame)
-        record["capped_sum"] = capped_sum(normalized)
-        self.writer.add_scalar("eval/capped_human_normalized_sum", record["capped_sum"], frame)
-        self.eval_file.write(json.dumps(record) + "\n")
+        self.writer.add_scalar("eval/capped_human_normalized_sum", evaluation.capped_sum, frame)
+        self.eval_file.write(json.dumps(evaluation.to_json()) + "\n")
         self.eval_file.flush()
-        self.last_eval = record
-        summary = ", ".join(f"{g} {v['score']:.1f}" for g, v in record["games"].items())
-        self.say(f"eval ({round_.kind}) at {frame:,} frames: {summary} (capped normalised sum {record['capped_sum']:.2f})")
+        self.last_eval = evaluation
+        summary = ", ".join(f"{g} {v:.1f}" for g, v in scores.items())
+        self.say(f"eval ({pending.kind}) at {frame:,} frames: {summary} "
+                 f"(capped normalised sum {evaluation.capped_sum:.2f})")
 
     def _log(self) -> None:
-        task, game, replay_size = self.task, self.visit.game, self.replay_size
+        task, game = self.task, self.visit.game
         interval, now = self.interval, time.monotonic()
         seconds = max(now - interval.start, 1e-9)
         mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
         train = {key: mean(values) for key, values in interval.train.items()}
         returns = {g: mean(v) for g, v in interval.returns.items() if v}
-        record = {
-            "time_s": round(now - self.started, 2),
-            "frames": self.progress.frames,
-            "env_steps": self.progress.steps,
-            "env_steps_per_s": interval.steps / seconds,
-            "updates": self.progress.updates_done,
-            "updates_per_s": interval.updates / seconds,
-            "task": task,
-            "game": game,
-            "epsilon": self.epsilon.value(task),
-            "replay_size": replay_size,
-            "episodes": self.progress.episodes,
-            "episode_return": returns.get(game),
-            "loss": train.get("loss"),
-            "td_error": train.get("td_error_abs_mean"),
-            "ewc_penalty": train.get("ewc_penalty", 0.0),
-            "q_mean": train.get("q_mean"),
-            "skipped_nonfinite": sum(interval.train.get("skipped_nonfinite", [])),
-            "ewc_grad_ratio": interval.ewc_grad_ratio,
-        }
-        self.metrics_file.write(json.dumps(record) + "\n")
+        line = records.MetricsLine(
+            time_s=round(now - self.started, 2),
+            frames=self.counters.frames,
+            env_steps=self.counters.steps,
+            env_steps_per_s=interval.steps / seconds,
+            updates=self.counters.updates_done,
+            updates_per_s=interval.updates / seconds,
+            task=task,
+            game=game,
+            epsilon=self.epsilon.value(task),
+            replay_size=self.replay_size,
+            episodes=self.counters.episodes,
+            episode_return=returns.get(game),
+            loss=train.get("loss"),
+            td_error=train.get("td_error_abs_mean"),
+            ewc_penalty=train.get("ewc_penalty", 0.0),
+            q_mean=train.get("q_mean"),
+            skipped_nonfinite=sum(interval.train.get("skipped_nonfinite", [])),
+            ewc_grad_ratio=interval.ewc_grad_ratio,
+        )
+        self.metrics_file.write(json.dumps(line.to_json()) + "\n")
         self.metrics_file.flush()
-        step, w = self.progress.frames, self.writer
+        step, w = self.counters.frames, self.writer
         for g, value in returns.items():
             w.add_scalar(f"episode_return/{g}", value, step)
             normalized = human_normalized(g, value)
             if normalized is not None:
                 w.add_scalar(f"human_normalized/{g}", normalized, step)
         for key in ("loss", "td_error", "ewc_penalty", "q_mean"):
-            if record[key] is not None:
-                w.add_scalar(f"train/{key}", record[key], step)
-        for layer, ratio in (interval.ewc_grad_ratio or {}).items():
+            if getattr(line, key) is not None:
+                w.add_scalar(f"train/{key}", getattr(line, key), step)
+        for layer, ratio in (line.ewc_grad_ratio or {}).items():
             w.add_scalar(f"ewc/grad_ratio/{layer}", ratio, step)
-        w.add_scalar("train/epsilon", record["epsilon"], step)
+        w.add_scalar("train/epsilon", line.epsilon, step)
         w.add_scalar("train/task", task, step)
-        if self.fmn_votes is not None:
-            w.add_scalar("fmn/inferred_task", task, step)
-            w.add_scalar("fmn/true_game", list(self.config.games).index(game), step)
-        w.add_scalar("replay/fill", replay_size / self.config.agent.replay_capacity, step)
-        w.add_scalar("perf/env_steps_per_s", record["env_steps_per_s"], step)
-        w.add_scalar("perf/updates_per_s", record["updates_per_s"], step)
+        for tag, value in self.task_ids.scalars(task, game).items():
+            w.add_scalar(tag, value, step)
+        w.add_scalar("replay/fill", line.replay_size / self.config.agent.replay_capacity, step)
+        w.add_scalar("perf/env_steps_per_s", line.env_steps_per_s, step)
+        w.add_scalar("perf/updates_per_s", line.updates_per_s, step)
         w.flush()
-        ret = f"{record['episode_return']:.1f}" if record["episode_return"] is not None else "-"
-        loss = f"{record['loss']:.4f}" if record["loss"] is not None else "-"
+        ret = f"{line.episode_return:.1f}" if line.episode_return is not None else "-"
+        loss = f"{line.loss:.4f}" if line.loss is not None else "-"
         self.say(
-            f"{game} (task {task}) frames {self.progress.frames:,}/{self.schedule.total_frames:,} | "
-            f"{record['env_steps_per_s']:.0f} steps/s | updates {self.progress.updates_done:,} "
-            f"({record['updates_per_s']:.1f}/s) | return {ret} | loss {loss} | ewc {record['ewc_penalty']:.3g} | "
-            f"eps {record['epsilon']:.2f}"
+            f"{game} (task {task}) frames {self.counters.frames:,}/{self.schedule.total_frames:,} | "
+            f"{line.env_steps_per_s:.0f} steps/s | updates {self.counters.updates_done:,} "
+            f"({line.updates_per_s:.1f}/s) | return {ret} | loss {loss} | ewc {line.ewc_penalty:.3g} | "
+            f"eps {line.epsilon:.2f}"
         )
-        self.interval = _Interval()
-
-    def _write_confusion(self, ray) -> None:
-        """Frames per true game and inferred task: fmn_confusion.json and a TensorBoard text table."""
-        confusion = ray.get(self.learner.fmn_confusion.remote())
-        tasks = sorted({t for row in confusion.values() for t in row})
-        (self.run_dir / "fmn_confusion.json").write_text(json.dumps(
-            {"tasks": tasks, "frames": {g: {str(t): n for t, n in row.items()} for g, row in confusion.items()}}, indent=2))
-        header = "| game | " + " | ".join(f"task {t}" for t in tasks) + " |"
-        rows = [f"| {g} | " + " | ".join(str(row.get(t, 0)) for t in tasks) + " |" for g, row in confusion.items()]
-        table = "\n".join([header, "|---" * (len(tasks) + 1) + "|", *rows])
-        self.writer.add_text("fmn/confusion", table, self.progress.frames)
-        self.say("forget-me-not confusion (frames per true game x inferred task):\n" + table)
+        self.interval = Interval()
 
     # ---- checkpoints ----------------------------------------------------------------------
 
     def _checkpoint(self) -> Path:
-        import ray
-
         cfg = self.config
-        state = {
-            "config": config_to_dict(cfg),
-            "progress": dataclasses.asdict(self.progress),
-            "epsilon": self.epsilon.state_dict(),
-            "task_ids": self.task_ids.state_dict(),
-            "fmn_votes": self.fmn_votes,
-            "current_task": self.task,
-            "learner": ray.get(self.learner.state_dict.remote(cfg.logging.checkpoint_replay)),
-            "consolidation": ray.get(self.consolidator.state_dict.remote()),
-        }
-        return checkpoint.save(self.run_dir / "checkpoints", state, self.progress.frames, keep=cfg.logging.keep_checkpoints)
+        state = checkpoint.make_state(
+            config=config_to_dict(cfg),
+            counters=dataclasses.asdict(self.counters),
+            epsilon=self.epsilon.state_dict(),
+            task_ids=self.task_ids.state_dict(),
+            current_task=self.task,
+            learner=ray.get(self.learner.state_dict.remote(cfg.logging.checkpoint_replay)),
+            consolidation=ray.get(self.consolidator.state_dict.remote()),
+        )
+        return checkpoint.save(self.run_dir / records.CHECKPOINT_DIR, state, self.counters.frames,
+                               keep=cfg.logging.keep_checkpoints)
 
     def _restore(self, state: dict) -> None:
         """Continue a run from a checkpoint: counters, schedule position, epsilon timers, learner, anchors."""
-        import ray
-
-        self.progress = Progress(**state["progress"])
+        self.counters = Counters(**state["counters"])
         self.epsilon.load_state_dict(state["epsilon"])
         self.task_ids.load_state_dict(state["task_ids"])
-        if self.fmn_votes is not None:
-            self.fmn_votes = {g: {int(t): n for t, n in row.items()} for g, row in (state.get("fmn_votes") or {}).items()}
-            self.task = int(state.get("current_task", 0))
+        self.task = int(state["current_task"])
         ray.get([self.learner.load_state_dict.remote(state["learner"]),
                  self.consolidator.load_state_dict.remote(state["consolidation"])])
         # The checkpoint's learner state includes updates the driver had not counted yet.
-        self.progress.updates_done = self.progress.updates_submitted = state["learner"]["learner"]["num_updates"]
-        self.progress.resumes += 1
-        for i, actor in enumerate(self.actors):  # fresh exploration streams, not a replay of the first run's
-            actor.reseed.remote(self.config.seed, self.progress.resumes)
-        visit = self.schedule.visits[self.progress.visit_index]
-        where = f"visit {visit.index + 1} ({visit.game})"
-        self.say(f"resumed from {self.progress.frames:,} frames, {self.progress.updates_done:,} updates, at {where}")
-        if "replay" not in state["learner"]:
+        self.counters.updates_done = self.counters.updates_submitted = checkpoint.num_updates(state)
+        self.counters.resumes += 1
+        for actor in self.actors:  # fresh exploration streams, not a replay of the first run's
+            actor.reseed.remote(self.config.seed, self.counters.resumes)
+        visit = self.schedule.visits[self.counters.visit_index]
+        self.say(f"resumed from {self.counters.frames:,} frames, {self.counters.updates_done:,} updates, "
+                 f"at visit {visit.index + 1} ({visit.game})")
+        if not checkpoint.has_replay(state):
             self.say("the replay buffers were not saved with the checkpoint (logging.checkpoint_replay: false): "
                      "refilling them; learning resumes once the current task's buffer holds agent.learning_starts transitions")

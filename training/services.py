@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.dqn import Learner, q_network_fisher
-from agents.network import QNetwork, shared_parameter_names
-from agents.replay import Batch, TaskReplay, TransitionChunk
+from agents.dqn.fisher import fisher_batch, q_network_fisher
+from agents.dqn.learning import Learner
+from agents.dqn.networks import QNetwork, shared_parameter_names
+from agents.replay import TaskReplay, TransitionChunk
 from common.errors import UsageError
 from ewc import EWCPenalty
 from fmn import ForgetMeNot
@@ -122,8 +123,7 @@ class LearnerService:
 
     def consolidation_inputs(self, task: int) -> dict[str, Any]:
         """What the consolidation actor needs for `task`: weights and a sample of its buffer."""
-        agent = self.config.agent
-        batch = Batch.concatenate(self.replay.sample(task, agent.batch_size) for _ in range(agent.fisher_minibatches))
+        batch = fisher_batch(self.replay.buffer(task), self.config.agent)
         return {
             "task": task,
             "online": self.learner.weights(),

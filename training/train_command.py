@@ -61,8 +61,9 @@ def init_ray(address: str | None) -> None:
 def main(args: argparse.Namespace) -> int:
     import ray
 
-    from training import checkpoint
+    from training import checkpoint, records
     from training.config import apply_overrides, config_from_dict
+    from training.hooks import TimeLimit
     from training.loop import Trainer
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
@@ -72,9 +73,9 @@ def main(args: argparse.Namespace) -> int:
     resume_state = None
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "checkpoints").is_dir():
-            raise UsageError(f"{str(run_dir)!r} is not a run directory with checkpoints/")
-        _, resume_state = checkpoint.load_latest(run_dir / "checkpoints")
+        if not (run_dir / records.CHECKPOINT_DIR).is_dir():
+            raise UsageError(f"{str(run_dir)!r} is not a run directory with {records.CHECKPOINT_DIR}/")
+        _, resume_state = checkpoint.load_latest(run_dir / records.CHECKPOINT_DIR)
         # --set may change how the run continues (e.g. logging), but not what the checkpoint holds.
         config = config_from_dict(apply_overrides(resume_state["config"], args.overrides))
     else:
@@ -82,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
         run_dir = new_run_dir(Path(args.logdir), config.run_name)
     init_ray(args.address)
     try:
-        trainer = Trainer(config, run_dir, quiet=args.quiet, stop_after_s=args.stop_after_s)
+        hooks = [] if args.stop_after_s is None else [TimeLimit(args.stop_after_s)]
+        trainer = Trainer(config, run_dir, quiet=args.quiet, hooks=hooks)
         trainer.say(f"run directory {run_dir}")
         trainer.run(resume_state)
     finally:

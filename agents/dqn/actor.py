@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.network import NetworkConfig, QNetwork
+from agents.dqn.networks import NetworkConfig, QNetwork
 from agents.replay import ChunkBuilder, FrameStack, TransitionChunk
 from envs.atari import FRAME_SHAPE, AtariSettings, make_atari_env
 

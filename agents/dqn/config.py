@@ -1,0 +1,51 @@
+"""The DQN agent's hyper-parameters, each named once (defaults: the EWC paper's Atari agent)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agents.dqn.networks import NetworkConfig
+from common.errors import UsageError
+
+FisherKind = Literal["softmax_exact", "softmax_sample", "td_empirical"]
+FISHER_KINDS: tuple[str, ...] = ("softmax_exact", "softmax_sample", "td_empirical")
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Hyper-parameters of the paper's Atari agent (Kirkpatrick et al. 2017, appendix)."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    batch_size: int = 32
+    gamma: float = 0.99
+    learning_rate: float = 2.5e-4
+    rmsprop_alpha: float = 0.95  # decay of the squared-gradient average
+    rmsprop_eps: float = 1e-5  # inside the square root, as Dopamine's DQN (agents/optimizer.py)
+    rmsprop_centered: bool = False  # see the module doc
+    max_grad_norm: float = 10.0  # global-norm clipping of the full gradient (our choice, see module doc)
+    huber_delta: float = 1.0
+    target_update_period: int = 7_500  # learner updates between target-network syncs
+    max_nonfinite_in_a_row: int = 100  # skipped NaN/inf updates in a row before the run is stopped
+    # Used by the driver, named here so that every DQN hyper-parameter lives in one place:
+    update_period: int = 4  # agent steps per learner update
+    learning_starts: int = 50_000  # transitions in a task's buffer before it is trained on
+    replay_capacity: int = 500_000  # transitions per task (the paper also mentions 50k)
+    # EWC
+    ewc_enabled: bool = True  # False: plain DQN baseline (the penalty never counts)
+    ewc_lambda: float = 400.0
+    ewc_online: bool = False  # online EWC (one anchor, decayed Fisher) instead of one term per task
+    ewc_online_gamma: float = 1.0  # Fisher decay for online EWC
+    ewc_min_frames: int = 20_000_000  # frames played on a game before its anchor counts (the consolidation actor applies it)
+    fisher_kind: FisherKind = "softmax_exact"  # the true Fisher of softmax(Q); see q_network_fisher
+    fisher_minibatches: int = 100  # minibatches of the finished task's buffer per Fisher
+
+    def __post_init__(self) -> None:
+        # Fail at start-up, not at the first task switch hours into a run.
+        if self.fisher_kind not in FISHER_KINDS:
+            raise UsageError(f"unknown fisher_kind {self.fisher_kind!r}; choose one of {', '.join(FISHER_KINDS)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise UsageError(f"gamma must lie in [0, 1], got {self.gamma}")
+        counts = ("batch_size", "target_update_period", "update_period", "replay_capacity", "fisher_minibatches")
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")

@@ -1,0 +1,236 @@
+"""The learner: Double DQN with RMSProp and the merged EWC penalty over the shared weights.
+
+No Ray here: `Learner` is the object the learner actor wraps (`training/services.py`).
+
+Gradient clipping: the paper only says "gradient clipping". Huber already clips the
+per-sample error to [-1, 1]; on top of that we clip the global norm of the whole gradient
+(TD loss + EWC penalty) to 10, a common guard against rare huge steps, e.g. right after a
+task switch when the penalty's gradient can be large.
+
+RMSProp: `agents.optimizer.RMSProp`, with eps inside the square root as in Dopamine's DQN
+(torch's own RMSprop adds it outside, which makes DQN's steps about 3x smaller). Not centered
+by default (Dopamine's is): the centered form divides by an estimate of the gradient's
+variance, which is nearly zero for a weight whose gradient is nearly constant, and the EWC
+penalty's gradient on a weight the task loss barely touches is exactly that.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agents.dqn.config import DQNConfig
+from agents.dqn.losses import TensorBatch, q_taken_and_targets, to_tensors
+from agents.dqn.networks import QNetwork, layer_of, shared_parameter_names
+from agents.optimizer import (
+    RMSProp,
+    compiled_optimizer_step,
+    global_norm,
+    scale_to_max_norm_,
+)
+from agents.replay import Batch
+from common.errors import UsageError
+from ewc import EWCPenalty
+
+
+class Learner:
+    """Online and target Q-networks, RMSProp, and the merged EWC penalty over the shared weights.
+
+    `compile_step`: run RMSProp's step through `torch.compile`, which fuses its five passes over
+    the weights into one loop (one CPU thread, the paper's network: ~20 ms -> ~6 ms of a ~90 ms
+    update; docs/performance.md). Compiling takes seconds once per process and needs a C++
+    compiler (Triton on a GPU); where it fails, the learner says so once and keeps the eager step.
+    """
+
+    def __init__(
+        self, config: DQNConfig = DQNConfig(), device: torch.device | str = "cpu", seed: int = 0,
+        *, compile_step: bool = False,
+    ):
+        self.config = config
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
+            torch.manual_seed(seed)
+            self.online = QNetwork(config.network).to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = RMSProp(
+            self.online.parameters(),
+            lr=config.learning_rate,
+            alpha=config.rmsprop_alpha,
+            eps=config.rmsprop_eps,
+            centered=config.rmsprop_centered,
+        )
+        self.compile_failure: str | None = None  # why the compiled optimizer step was given up, if it was
+        self._compiled_step = compiled_optimizer_step(self.optimizer) if compile_step else None
+        self._compiled_step_ran = False
+        self.shared_names = shared_parameter_names(self.online)
+        self.ewc = EWCPenalty(
+            config.ewc_lambda, online=config.ewc_online, gamma=config.ewc_online_gamma, include=self.shared_names
+        )
+        self.anchored_tasks: set[int] = set()  # tasks whose Fisher is merged into self.ewc
+        self.num_updates = 0  # optimizer steps taken
+        self.num_skipped = 0  # updates skipped for a non-finite loss or gradient
+        self.nonfinite_in_a_row = 0
+        self.last_penalty = torch.zeros((), device=self.device)  # the EWC penalty's latest computed value
+        self.last_ewc_grad_ratios: dict[str, float] = {}  # layer -> EWC / TD gradient norm, when last reported
+
+    # ---- training ------------------------------------------------------------------------
+
+    def update(self, batch: Batch | TensorBatch, task: int, *, report_penalty: bool = True) -> dict[str, float]:
+        """One RMSProp step on the TD loss (+ EWC penalty when active). Returns metrics."""
+        tensors = to_tensors(batch, self.device, self.config.network.num_actions)
+        cfg = self.config
+        q_taken, targets = q_taken_and_targets(self.online, self.target, tensors, task, cfg.gamma)
+        td_loss = F.huber_loss(q_taken, targets, delta=cfg.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        td_loss.backward()
+        # The penalty's gradient in closed form (no autograd graph over 6.5M weights): same result, less time.
+        # Its value is only for logging and costs two more passes over the weights: callers that log
+        # once per many updates ask for it once (`report_penalty`); otherwise the last value is reported.
+        if self.ewc_active():
+            if report_penalty:
+                self.last_ewc_grad_ratios = self._ewc_grad_ratios()
+            value = self.ewc.add_gradient_(self.online, with_value=report_penalty)
+            if value is not None:
+                self.last_penalty = value
+            penalty = self.last_penalty
+        else:
+            penalty = td_loss.new_zeros(())
+        grads = [p.grad for p in self.online.parameters() if p.grad is not None]
+        grad_norm = global_norm(grads)  # clipped below, once known: most updates need no scaling pass
+
+        td_errors = (targets - q_taken).detach()
+        # One device sync for all metrics (and for the finiteness check).
+        loss_value, td_abs, penalty_value, q_mean, norm_value = torch.stack(
+            [td_loss.detach(), td_errors.abs().mean(), penalty.detach(), q_taken.detach().mean(), grad_norm]
+        ).tolist()
+        skipped = not all(np.isfinite([loss_value, penalty_value, norm_value]))
+        weights_nonfinite = False
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf: the weights stay as they were
+            self.num_skipped += 1
+            self.nonfinite_in_a_row += 1
+            # a NaN loss from finite weights is a bad batch; from NaN weights, nothing can recover
+            weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
+        else:
+            self.nonfinite_in_a_row = 0
+            scale_to_max_norm_(grads, norm_value, cfg.max_grad_norm)
+            self._optimizer_step()
+            self.num_updates += 1
+            if self.num_updates % cfg.target_update_period == 0:
+                self.sync_target()
+        return {
+            "loss": loss_value,
+            "td_error_abs_mean": td_abs,
+            "ewc_penalty": penalty_value,
+            "q_mean": q_mean,
+            "grad_norm": norm_value,
+            "skipped_nonfinite": int(skipped),
+            "weights_nonfinite": int(weights_nonfinite),
+            "updates": self.num_updates,
+        }
+
+    def _ewc_grad_ratios(self) -> dict[str, float]:
+        """Per layer: ||lambda F (theta - theta*)|| / ||gradient of the TD loss||, before they are added.
+
+        Above 1 the penalty outweighs the new task on that layer; far below 1 it barely protects it.
+        """
+        penalty = self.ewc.gradient_norms(self.online)
+        named = dict(self.online.named_parameters())
+        names = [n for n in penalty if named[n].grad is not None]
+        td = torch._foreach_norm([named[n].grad for n in names])
+        ratios = torch.stack([penalty[n] / td_norm.clamp_min(1e-30) for n, td_norm in zip(names, td)]).tolist()
+        return {layer_of(name): ratio for name, ratio in zip(names, ratios)}
+
+    def _optimizer_step(self) -> None:
+        if self._compiled_step is None:
+            self.optimizer.step()
+            return
+        try:
+            self._compiled_step()
+        except Exception as err:
+            if self._compiled_step_ran:
+                raise
+            # The first call compiles, and a failure there (no C++ compiler, unsupported device)
+            # comes before the step ran: the eager step takes over with nothing half-applied.
+            first_line = next(iter(str(err).strip().splitlines()), "")
+            self.compile_failure = f"{type(err).__name__}: {first_line}"
+            print(f"[learner] torch.compile of the optimizer step failed ({self.compile_failure}); "
+                  "using the eager step", file=sys.stderr, flush=True)
+            self._compiled_step = None
+            self.optimizer.step()
+            return
+        self._compiled_step_ran = True
+
+    @property
+    def step_compiled(self) -> bool:
+        """Whether optimizer steps go through the compiled function."""
+        return self._compiled_step is not None
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.online.state_dict())
+
+    # ---- EWC -----------------------------------------------------------------------------
+
+    def ewc_active(self) -> bool:
+        """Whether the penalty counts: EWC is enabled and some task is anchored.
+
+        Which tasks are anchored (e.g. only games trained `ewc_min_frames` frames) is decided by
+        whoever merges the anchors (`training.services.ConsolidationService`), not here.
+        """
+        return self.config.ewc_enabled and self.ewc.num_tasks > 0 and bool(self.anchored_tasks)
+
+    def set_anchors(self, ewc_state: Mapping[str, Any], tasks: Iterable[int]) -> None:
+        """Replace the penalty with `ewc_state` (from `EWCPenalty.state_dict()`) anchoring `tasks`."""
+        names = set(dict(ewc_state.get("precision", {})))
+        stray = sorted(names - set(self.shared_names))
+        if stray:
+            raise UsageError(f"EWC anchors may only cover the shared weights; got task-specific or unknown {stray}")
+        self.ewc.load_state_dict(ewc_state)
+        self.ewc.to(self.device)
+        self.anchored_tasks = {int(t) for t in tasks}
+
+    # ---- weights and checkpoints ---------------------------------------------------------
+
+    def weights(self) -> dict[str, Tensor]:
+        """CPU copy of the online network's state_dict, for actors."""
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.online.state_dict().items()}
+
+    def load_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """Replace the online network's weights (and the target's, so it is not left stale)."""
+        try:
+            self.online.load_state_dict(weights)
+        except RuntimeError as err:
+            raise UsageError(f"weights do not fit this network: {err}") from None
+        self.sync_target()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ewc": self.ewc.state_dict(),
+            "anchored_tasks": sorted(self.anchored_tasks),
+            "num_updates": self.num_updates,
+            "num_skipped": self.num_skipped,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            self.online.load_state_dict(state["online"])
+            self.target.load_state_dict(state["target"])
+            # torch keeps the given state tensors (no copy): a copy keeps this learner independent of `state`
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+            self.set_anchors(state["ewc"], state["anchored_tasks"])
+            self.num_updates, self.num_skipped = int(state["num_updates"]), int(state["num_skipped"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            if isinstance(err, UsageError):
+                raise
+            raise UsageError(f"not a compatible Learner state: {err}") from None

@@ -1,0 +1,49 @@
+"""Named extension points of the trainer (Avalanche-style plugins).
+
+A hook sees the trainer at fixed points of its loop and may ask it to stop cleanly; the
+benchmark measures the trainer through one (`perf/ours.py`), the wall-time budget of
+`run.py train --stop-after-s` is one. Override what you need; every method is a no-op here.
+
+    after_start(trainer)                   actors are up, the run (or its resumed state) is loaded
+    after_collect(trainer, result)         an env actor's chunk arrived (`agents.dqn.actor.CollectResult`)
+    after_train(trainer, metrics)          a slice of learner updates came back (`LearnerService.train`'s metrics)
+    at_task_switch(trainer, old, new)      the trained task changes (`new` is None at the schedule's end)
+    should_stop(trainer) -> str | None     a reason to stop now (checkpoint and summary are still written)
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.dqn.actor import CollectResult
+    from training.loop import Trainer
+
+
+class TrainerHook:
+    def after_start(self, trainer: Trainer) -> None:
+        pass
+
+    def after_collect(self, trainer: Trainer, result: CollectResult) -> None:
+        pass
+
+    def after_train(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        pass
+
+    def at_task_switch(self, trainer: Trainer, old: int, new: int | None) -> None:
+        pass
+
+    def should_stop(self, trainer: Trainer) -> str | None:
+        return None
+
+
+class TimeLimit(TrainerHook):
+    """Stop after `seconds` of wall time from the trainer's start."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def should_stop(self, trainer: Trainer) -> str | None:
+        if time.monotonic() - trainer.started >= self.seconds:
+            return f"time limit of {self.seconds:g} s reached"
+        return None
