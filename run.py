@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patterns": ("experiments.random_patterns", "random-pattern memory capacity: tuned GD vs EWC (paper's SNR analysis)"),
     "report": ("reporting.report", "plots, HTML page and continual-learning metrics of training runs (paper Fig. 3A/3B)"),
     "perturb": ("reporting.perturb", "score under weight noise: uniform vs inverse-Fisher vs Fisher nullspace (paper Fig. 3C)"),
-    "bench": ("training.bench_command", "benchmark: our trainer vs RLlib's DQN and the hardware limit, learner, EWC, replay, Fisher, actors"),
+    "bench": ("perf.command", "benchmark: our trainer vs RLlib's DQN and the hardware limit, learner, EWC, replay, Fisher, actors"),
 }
 
 

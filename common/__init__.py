@@ -1,1 +1,1 @@
-"""Small pieces shared by every package: user-facing errors, progress output, result files."""
+"""Small pieces shared by every package: user-facing errors, progress output, result files, figures."""

@@ -14,3 +14,9 @@ class RunAborted(RuntimeError):
 
     `run.py` prints it without a traceback and exits with code 1.
     """
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a UsageError with `message` unless `condition` holds (for validating user input)."""
+    if not condition:
+        raise UsageError(message)

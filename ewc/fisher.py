@@ -20,7 +20,7 @@ form from the layer's input and the gradient at its output, both captured with h
 one batched forward and one batched backward per vector: no per-sample backward pass.
 For linear layers it is not even materialised per sample: sum_n (g_n^2)^T (a_n^2).
 Any other parameter (custom layers, grouped convolutions, weights used twice) falls back
-to ``torch.func`` per-sample gradients, which is exact but slower. ``benchmarks/bench_fisher.py``
+to ``torch.func`` per-sample gradients, which is exact but slower. ``python -m perf.fisher_speed``
 compares this against a plain per-sample loop and plain ``torch.func``.
 """
 from __future__ import annotations

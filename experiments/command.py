@@ -10,8 +10,8 @@ import torch
 from matplotlib.figure import Figure
 
 from common.errors import UsageError
+from common.figures import check_figure_path, save_figure
 from common.results import Progress, write_json_atomic
-from experiments.plotting import check_figure_path, save_figure
 
 
 def comma_list(text: str, option: str, convert: Callable[[str], Any]) -> tuple:
@@ -28,7 +28,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, plot_help: str) -> Non
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
     out.add_argument("--plot", metavar="PATH", help=plot_help)
-    # measured on the shared 2-core box: a 2nd thread only spins (5 s -> 30-57 s of CPU for the MNIST run)
+    # these networks are too small to split over threads: a second one mostly spins and costs CPU
     out.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads (default: %(default)s; these small networks gain little from more)")
     out.add_argument("--quiet", action="store_true", help="no progress output on stderr")

@@ -52,7 +52,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from common.errors import UsageError
+from common.errors import UsageError, require
+from common.figures import panels
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher, fisher_overlap
@@ -69,11 +70,9 @@ from experiments.mnist_data import (
     MnistData,
     load_mnist,
 )
-from experiments.plotting import panels
-from experiments.sgd import sgd_epoch
+from experiments.sgd import accuracy, sgd_epoch
 
 TASK_B_STARTS: tuple[str, ...] = ("task-a", "scratch")
-EVAL_BATCH_SIZE = 2000  # evaluation only; changes nothing but speed
 FISHER_BATCH_SIZE = 256  # memory only, not the result
 MIN_PATCH = 2  # a 1 x 1 "patch" has only the identity permutation
 
@@ -100,31 +99,26 @@ class Config:
         if not self.patch_sizes:
             raise UsageError("--patch-sizes is empty; e.g. --patch-sizes 8,26")
         for k in self.patch_sizes:
-            _require(MIN_PATCH <= k <= IMAGE_SIDE,
+            require(MIN_PATCH <= k <= IMAGE_SIDE,
                      f"--patch-sizes: a patch side must lie in {MIN_PATCH}..{IMAGE_SIDE} pixels, got {k}")
-        _require(len(set(self.patch_sizes)) == len(self.patch_sizes),
+        require(len(set(self.patch_sizes)) == len(self.patch_sizes),
                  f"--patch-sizes repeats a size: {self.patch_sizes}")
-        _require(bool(self.seeds), "--seeds is empty; e.g. --seeds 0,1,2")
-        _require(len(set(self.seeds)) == len(self.seeds), f"--seeds repeats a seed: {self.seeds}")
-        _require(self.hidden_layers >= 1, f"--hidden-layers must be at least 1, got {self.hidden_layers}")
-        _require(self.width >= 1, f"--width must be at least 1, got {self.width}")
-        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
-        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        _require(self.ewc_lambda >= 0 and math.isfinite(self.ewc_lambda),
+        require(bool(self.seeds), "--seeds is empty; e.g. --seeds 0,1,2")
+        require(len(set(self.seeds)) == len(self.seeds), f"--seeds repeats a seed: {self.seeds}")
+        require(self.hidden_layers >= 1, f"--hidden-layers must be at least 1, got {self.hidden_layers}")
+        require(self.width >= 1, f"--width must be at least 1, got {self.width}")
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self.ewc_lambda >= 0 and math.isfinite(self.ewc_lambda),
                  f"--ewc-lambda must be a finite number >= 0, got {self.ewc_lambda}")
-        _require(self.task_b_start in TASK_B_STARTS,
+        require(self.task_b_start in TASK_B_STARTS,
                  f"--task-b-start must be one of {', '.join(TASK_B_STARTS)}, got {self.task_b_start}")
-        _require(self.fisher in FISHER_MODES, f"--fisher must be one of {', '.join(FISHER_MODES)}, got {self.fisher}")
-        _require(self.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {self.fisher_samples}")
+        require(self.fisher in FISHER_MODES, f"--fisher must be one of {', '.join(FISHER_MODES)}, got {self.fisher}")
+        require(self.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {self.fisher_samples}")
 
 
 DEFAULTS = Config()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- tasks and model
@@ -176,16 +170,6 @@ def layer_parameter_names(net: nn.Sequential) -> list[list[str]]:
 
 def layer_labels(hidden_layers: int) -> list[str]:
     return [f"hidden {i + 1}" for i in range(hidden_layers)] + ["output"]
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    model.eval()
-    correct = sum(
-        int((model(images[s : s + EVAL_BATCH_SIZE]).argmax(1) == labels[s : s + EVAL_BATCH_SIZE]).sum())
-        for s in range(0, len(labels), EVAL_BATCH_SIZE)
-    )
-    return correct / len(labels)
 
 
 def train(model: nn.Module, images: Tensor, labels: Tensor, cfg: Config, generator: torch.Generator,

@@ -65,7 +65,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from common.errors import UsageError
+from common.errors import UsageError, require
 from common.results import Progress
 from ewc import MODES as FISHER_MODES
 from ewc import EWCPenalty, diagonal_fisher
@@ -83,10 +83,9 @@ from experiments.mnist_data import (
     stratified_split,
 )
 from experiments.plotting import plot_task_accuracies, task_name
-from experiments.sgd import sgd_epoch
+from experiments.sgd import accuracy, sgd_epoch
 
 METHODS: tuple[str, ...] = ("sgd", "l2", "ewc")
-EVAL_BATCH_SIZE = 2000  # evaluation only; large batches are faster and change nothing
 FISHER_BATCH_SIZE = 256  # chunk size for the per-sample Fisher; memory only, not the result
 
 
@@ -114,31 +113,26 @@ class Config:
     def validate(self) -> None:
         """Raise UsageError for any value the experiment cannot run with."""
         choices = ",".join(METHODS)
-        _require(self.tasks >= 1, f"--tasks must be at least 1, got {self.tasks}")
-        _require(bool(self.methods), f"--methods is empty; choose from {choices}")
+        require(self.tasks >= 1, f"--tasks must be at least 1, got {self.tasks}")
+        require(bool(self.methods), f"--methods is empty; choose from {choices}")
         unknown = ",".join(m for m in self.methods if m not in METHODS)
-        _require(not unknown, f"unknown method(s) {unknown} in --methods; choose from {choices}")
-        _require(bool(self.hidden) and all(h >= 1 for h in self.hidden),
+        require(not unknown, f"unknown method(s) {unknown} in --methods; choose from {choices}")
+        require(bool(self.hidden) and all(h >= 1 for h in self.hidden),
                  f"--hidden needs one or more positive layer sizes, got {','.join(map(str, self.hidden))}")
-        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        _require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
-        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         for name, lam in (("--ewc-lambda", self.ewc_lambda), ("--l2-lambda", self.l2_lambda)):
-            _require(lam >= 0 and math.isfinite(lam), f"{name} must be a finite number >= 0, got {lam}")
-        _require(self.fisher in FISHER_MODES, f"--fisher must be one of {', '.join(FISHER_MODES)}, got {self.fisher}")
-        _require(self.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {self.fisher_samples}")
+            require(lam >= 0 and math.isfinite(lam), f"{name} must be a finite number >= 0, got {lam}")
+        require(self.fisher in FISHER_MODES, f"--fisher must be one of {', '.join(FISHER_MODES)}, got {self.fisher}")
+        require(self.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {self.fisher_samples}")
         for name, rate in (("--dropout-input", self.dropout_input), ("--dropout-hidden", self.dropout_hidden)):
-            _require(0.0 <= rate < 1.0, f"{name} must lie in [0, 1), got {rate}")
-        _require(self.patience >= 0, f"--patience must be >= 0, got {self.patience}")
-        _require(0.0 < self.val_fraction < 1.0, f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+            require(0.0 <= rate < 1.0, f"{name} must lie in [0, 1), got {rate}")
+        require(self.patience >= 0, f"--patience must be >= 0, got {self.patience}")
+        require(0.0 < self.val_fraction < 1.0, f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
 
 
 DEFAULTS = Config()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- model and tasks
@@ -169,19 +163,6 @@ def make_permutations(num_tasks: int, seed: int) -> list[Tensor]:
     perms = [torch.arange(NUM_PIXELS)]
     perms += [torch.randperm(NUM_PIXELS, generator=generator) for _ in range(num_tasks - 1)]
     return perms
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, perm: Tensor) -> float:
-    """Fraction of `images` (permuted by `perm`) classified correctly, in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), EVAL_BATCH_SIZE):
-        logits = model(images[start : start + EVAL_BATCH_SIZE][:, perm])
-        correct += int((logits.argmax(dim=1) == labels[start : start + EVAL_BATCH_SIZE]).sum())
-    model.train(was_training)
-    return correct / len(labels)
 
 
 @dataclass

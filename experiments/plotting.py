@@ -1,21 +1,17 @@
-"""Plotting helpers shared by the supervised experiments (matplotlib, no display needed).
+"""The supervised experiments' figures: methods' colours, task names, Fig. 2A/2B-style panels.
 
-Figures are built with matplotlib's object API on the Agg canvas instead of `pyplot`, so
-nothing here touches the global backend or leaks open figures in long-running processes.
+The Agg-canvas figure helpers they build on are `common.figures`.
 """
 from __future__ import annotations
 
-import os
 import string
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.gridspec import GridSpec
 
 from common.errors import UsageError
+from common.figures import new_figure
 
 # The paper's colours in Fig. 2A: SGD blue, L2 green, EWC red; anything else cycles.
 METHOD_STYLES: dict[str, dict[str, str]] = {
@@ -23,46 +19,8 @@ METHOD_STYLES: dict[str, dict[str, str]] = {
     "l2": {"color": "tab:green", "marker": "s", "label": "L2"},
     "ewc": {"color": "tab:red", "marker": "^", "label": "EWC"},
 }
-PANEL_SIZE_IN = (3.2, 2.6)  # width, height of one panel in inches
 MAX_COLUMNS = 5
-DPI = 120
 Y_MARGIN = 0.05  # accuracy-axis headroom below the lowest point
-
-
-def new_figure(rows: int, cols: int) -> tuple[Figure, GridSpec]:
-    """A figure on the Agg canvas sized for rows x cols panels, and the grid to place them on."""
-    fig = Figure(figsize=(PANEL_SIZE_IN[0] * cols, PANEL_SIZE_IN[1] * rows), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_gridspec(rows, cols)
-
-
-def panels(count: int) -> tuple[Figure, list[Axes]]:
-    """A figure on the Agg canvas (no pyplot state) with `count` panels side by side."""
-    fig, grid = new_figure(1, count)
-    return fig, [fig.add_subplot(grid[0, i]) for i in range(count)]
-
-
-def check_figure_path(path: str | os.PathLike[str]) -> Path:
-    """Fail early (before a long run) if `path` is a directory or has an unsupported suffix."""
-    target = Path(path)
-    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
-    suffix = target.suffix.lower().lstrip(".")
-    if suffix not in formats:
-        raise UsageError(f"cannot save a figure as {target}: use one of the suffixes .{', .'.join(sorted(formats))}")
-    if target.is_dir():
-        raise UsageError(f"cannot save a figure as {target}: it is a directory")
-    return target
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Save `fig` to `path` (format from the suffix), creating parent directories."""
-    target = check_figure_path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target)
-    except OSError as err:
-        raise UsageError(f"cannot save figure to {target}: {err.strerror or err}") from err
-    return target
 
 
 def task_name(index: int) -> str:

@@ -69,7 +69,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from common.errors import UsageError
+from common.errors import UsageError, require
+from common.figures import panels
 from common.results import Progress
 from ewc import EWCPenalty
 from experiments.command import (
@@ -78,7 +79,7 @@ from experiments.command import (
     finish_command,
     start_command,
 )
-from experiments.plotting import method_style, panels
+from experiments.plotting import method_style
 
 METHODS: tuple[str, ...] = ("gd", "ewc", "l2")
 ANCHORS: tuple[str, ...] = ("latest", "each")
@@ -108,35 +109,30 @@ class Config:
 
     def validate(self) -> None:
         """Raise UsageError for any value the experiment cannot run with."""
-        _require(self.inputs >= 1, f"--inputs must be at least 1, got {self.inputs}")
-        _require(self.hidden >= 1, f"--hidden must be at least 1, got {self.hidden}")
-        _require(self.patterns >= 1, f"--patterns must be at least 1, got {self.patterns}")
-        _require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        require(self.inputs >= 1, f"--inputs must be at least 1, got {self.inputs}")
+        require(self.hidden >= 1, f"--hidden must be at least 1, got {self.hidden}")
+        require(self.patterns >= 1, f"--patterns must be at least 1, got {self.patterns}")
+        require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
         unknown = [m for m in self.methods if m not in METHODS]
-        _require(not unknown, f"unknown method(s) {','.join(unknown)} in --methods; choose from {','.join(METHODS)}")
-        _require("gd" in self.methods and "ewc" in self.methods, "--methods must include gd and ewc")
-        _require(bool(self.gd_lrs), "--gd-lrs is empty; e.g. --gd-lrs 0.0005,0.001")
+        require(not unknown, f"unknown method(s) {','.join(unknown)} in --methods; choose from {','.join(METHODS)}")
+        require("gd" in self.methods and "ewc" in self.methods, "--methods must include gd and ewc")
+        require(bool(self.gd_lrs), "--gd-lrs is empty; e.g. --gd-lrs 0.0005,0.001")
         for lr in (*self.gd_lrs, self.ewc_lr):
-            _require(lr > 0 and math.isfinite(lr), f"learning rates must be positive and finite, got {lr}")
-        _require(self.ewc_lambda >= 0 and math.isfinite(self.ewc_lambda),
+            require(lr > 0 and math.isfinite(lr), f"learning rates must be positive and finite, got {lr}")
+        require(self.ewc_lambda >= 0 and math.isfinite(self.ewc_lambda),
                  f"--ewc-lambda must be a finite number >= 0, got {self.ewc_lambda}")
-        _require(self.ewc_anchors in ANCHORS, f"--ewc-anchors must be one of {', '.join(ANCHORS)}")
-        _require(math.isfinite(self.snr_threshold) and self.snr_threshold > 0,
+        require(self.ewc_anchors in ANCHORS, f"--ewc-anchors must be one of {', '.join(ANCHORS)}")
+        require(math.isfinite(self.snr_threshold) and self.snr_threshold > 0,
                  f"--snr-threshold must be a positive number, got {self.snr_threshold}")
-        _require(self.probes >= 2, f"--probes must be at least 2 (a spread needs two responses), got {self.probes}")
-        _require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
-        _require(self.age_bins >= 1, f"age_bins must be at least 1, got {self.age_bins}")
-        _require(bool(self.seeds), "--seeds is empty; e.g. --seeds 0,1,2")
-        _require(all(s >= 0 for s in self.seeds), f"--seeds must be non-negative, got {self.seeds}")
-        _require(len(set(self.seeds)) == len(self.seeds), f"--seeds repeats a seed: {self.seeds}")
+        require(self.probes >= 2, f"--probes must be at least 2 (a spread needs two responses), got {self.probes}")
+        require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+        require(self.age_bins >= 1, f"age_bins must be at least 1, got {self.age_bins}")
+        require(bool(self.seeds), "--seeds is empty; e.g. --seeds 0,1,2")
+        require(all(s >= 0 for s in self.seeds), f"--seeds must be non-negative, got {self.seeds}")
+        require(len(set(self.seeds)) == len(self.seeds), f"--seeds repeats a seed: {self.seeds}")
 
 
 DEFAULTS = Config()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- model and data

@@ -1,4 +1,5 @@
-"""Minibatch SGD with an EWC/L2 penalty applied as an exact proximal step: the supervised experiments' training."""
+"""The supervised experiments' training and testing: minibatch SGD with an EWC/L2 penalty applied as an
+exact proximal step, and test accuracy."""
 from __future__ import annotations
 
 import math
@@ -42,3 +43,20 @@ def sgd_epoch(
     if not math.isfinite(mean_loss):
         raise UsageError(f"training diverged (loss {mean_loss}); lower --lr")
     return mean_loss
+
+
+EVAL_BATCH_SIZE = 2000  # evaluation only; large batches are faster and change nothing
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, permutation: Tensor | None = None) -> float:
+    """Fraction of `images` (pixels reordered by `permutation`, if given) classified correctly, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        chunk = images[start : start + EVAL_BATCH_SIZE]
+        logits = model(chunk if permutation is None else chunk[:, permutation])
+        correct += int((logits.argmax(dim=1) == labels[start : start + EVAL_BATCH_SIZE]).sum())
+    model.train(was_training)
+    return correct / len(labels)

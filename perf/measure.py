@@ -31,6 +31,7 @@ from agents.optimizer import (
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
 from ewc import EWCPenalty, diagonal_fisher
+from experiments.permuted_mnist import MLP
 
 FRAME = (84, 84)
 
@@ -353,10 +354,6 @@ def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_le
 # ---- Fisher ---------------------------------------------------------------------------------------
 
 
-def mnist_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
-
-
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # warm-up (allocations, first-call overheads)
     best = float("inf")
@@ -379,7 +376,7 @@ def fisher_throughput(network: NetworkConfig, *, atari_samples: int, mnist_sampl
     for kind in ("softmax_exact", "softmax_sample", "td_empirical"):
         seconds = _timed(lambda: q_network_fisher(net, target, batch, 0, kind=kind), repeats)
         out[f"atari_{kind}_samples_per_s"] = atari_samples / seconds
-    mlp = mnist_mlp()
+    mlp = MLP((400, 400))
     x = torch.rand(mnist_samples, 784)
     labels = torch.randint(0, 10, (mnist_samples,))
     for mode in ("exact", "sample", "empirical"):

@@ -268,11 +268,9 @@ def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings
 
 
 def plot_perturbation(result: Mapping[str, Any]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from common.figures import agg_figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure(6.4, 4.2, dpi=100)
     ax = fig.add_subplot()
     for position, kind in enumerate(KINDS):
         dodge = DODGE ** (position - 1)  # a small sideways shift so equal points stay visible
@@ -329,7 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from experiments.plotting import check_figure_path, save_figure
+    from common.figures import check_figure_path, save_figure
 
     settings = Settings(
         sizes=_float_list(args.sizes, "--sizes"), episodes=args.episodes, epsilon=args.epsilon,

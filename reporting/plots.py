@@ -12,27 +12,21 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from common.figures import agg_figure
 from envs.scores import REFERENCE_SCORES
 from reporting.metrics import HUMAN_NORMALIZED, EvaluationMatrix
 from reporting.runs import RunLog
 
-DPI = 100
+DPI = 100  # report figures are larger than the experiments' panels: a lower resolution keeps the PNGs small
 MAX_LINE_POINTS = 1500  # per line of the training log; a 40M-frame run has ~10^5 log lines
 MAX_MARKERS = 60  # evaluation curves with more points are drawn as plain lines
 SPARSE_POINTS = 12  # training-return segments this short get markers
 MAX_LABELLED_CELLS = 400  # matrices with more cells get no number in each cell
 MAX_COLUMNS = 3
 SHADE = "0.88"
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def game_color(index: int) -> str:
@@ -70,7 +64,7 @@ def plot_game_scores(runs: Sequence[RunLog]) -> Figure:
     games = list(dict.fromkeys(g for run in runs for g in run.games))
     cols = min(len(games), MAX_COLUMNS)
     rows = -(-len(games) // cols)
-    fig = _figure(4.2 * cols, 2.9 * rows)
+    fig = agg_figure(4.2 * cols, 2.9 * rows, dpi=DPI)
     grid = fig.add_gridspec(rows, cols)
     for index, game in enumerate(games):
         ax = fig.add_subplot(grid[index // cols, index % cols])
@@ -99,7 +93,7 @@ def plot_game_scores(runs: Sequence[RunLog]) -> Figure:
 
 def plot_capped_sum(runs: Sequence[RunLog]) -> Figure:
     """Fig. 3B: the sum over games of human-normalised scores capped at 1, one line per run."""
-    fig = _figure(7.0, 3.8)
+    fig = agg_figure(7.0, 3.8, dpi=DPI)
     ax = fig.add_subplot()
     for position, run in enumerate(runs):
         points = sorted((r.frames, r.capped_sum) for r in run.rounds if r.capped_sum is not None)
@@ -130,7 +124,7 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
     offset = 1 if initial is not None else 0
     grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     rows, cols = grid.shape
-    fig = _figure(min(2.2 + 1.3 * cols, 16), min(1.6 + 0.32 * rows, 30))
+    fig = agg_figure(min(2.2 + 1.3 * cols, 16), min(1.6 + 0.32 * rows, 30), dpi=DPI)
     ax = fig.add_subplot()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     scales = set(matrix.scales().values())
@@ -159,7 +153,7 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
 def plot_training(run: RunLog) -> Figure:
     """The training log: episode returns of the game being trained, TD loss, EWC penalty; visits shaded."""
     log = run.training
-    fig = _figure(9.0, 7.0)
+    fig = agg_figure(9.0, 7.0, dpi=DPI)
     axes = fig.subplots(3, 1, sharex=True)
     frames = log.columns["frames"]
     # Returns: one line per visit segment, so bin means never mix two visits of a game.

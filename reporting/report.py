@@ -232,7 +232,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
 def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *,
                 progress: Progress | None = None) -> dict[str, Any]:
     """Read the runs, write the figures, report.html and report.json to `out`; return report.json's content."""
-    from experiments.plotting import save_figure
+    from common.figures import save_figure
     from reporting import plots
 
     progress = progress or Progress(quiet=True)

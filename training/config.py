@@ -317,10 +317,10 @@ def load_yaml(path: str | Path) -> dict:
         raise UsageError(f"{path}: YAML syntax error{where}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise UsageError(f"{path}: YAML error: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) and data is not None:
         raise UsageError(f"{path}: a config must be a mapping of keys to values")
+    if not data:  # a run on defaults alone is almost always a mistake, e.g. a redirect that wrote nothing
+        raise UsageError(f"{path} is empty: a config says what to run; start from one in configs/")
     return data
 
 

@@ -56,6 +56,7 @@ class Counters:
     updates_done: int = 0
     next_eval_frame: int = 0
     consolidations: int = 0
+    steps_per_actor: dict[int, int] = field(default_factory=dict)  # a dead actor that never came back shows here
     lost_chunks: int = 0  # chunks lost with env actors that died
     resumes: int = 0
 
@@ -298,6 +299,7 @@ class Trainer:
             "consolidations": counters.consolidations,
             "frames_per_task": counters.frames_per_task,
             "updates_per_task": ray.get(self.learner.updates_per_task.remote()),
+            "steps_per_actor": counters.steps_per_actor,
             "lost_chunks": counters.lost_chunks,
             "resumes": counters.resumes,
             "final_eval": self.last_eval.to_json() if self.last_eval else None,
@@ -436,6 +438,7 @@ class Trainer:
             self.say(f"env actor {actor_index} was restarted by Ray; sending it the current weights")
             self.actors[actor_index].set_weights.remote(self.weights)
         counters.steps += result.steps
+        counters.steps_per_actor[actor_index] = counters.steps_per_actor.get(actor_index, 0) + result.steps
         counters.frames += result.steps * self.config.env.frame_skip
         counters.episodes += len(result.episode_returns)
         self.epsilon.advance(result.task, result.steps)

@@ -43,10 +43,10 @@ from ewc import EWCPenalty
 class Learner:
     """Online and target Q-networks, RMSProp, and the merged EWC penalty over the shared weights.
 
-    `compile_step`: run RMSProp's step through `torch.compile`, which fuses its five passes over
-    the weights into one loop (one CPU thread, the paper's network: ~20 ms -> ~6 ms of a ~90 ms
-    update; docs/performance.md). Compiling takes seconds once per process and needs a C++
-    compiler (Triton on a GPU); where it fails, the learner says so once and keeps the eager step.
+    `compile_step`: run RMSProp's step through `torch.compile`, which fuses its passes over the
+    weights into one loop (what it gains: docs/performance.md). Compiling takes seconds once per
+    process and needs a C++ compiler (Triton on a GPU); where it fails, the learner says so once
+    and keeps the eager step.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ import yaml
 import run
 from reporting.metrics import LATEST_ROUND, EvalRound, build_matrix, continual_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOG_FILES = ("config.yaml", "eval.jsonl", "metrics.jsonl")  # what a report reads (checkpoints are not needed)
 

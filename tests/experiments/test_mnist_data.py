@@ -21,7 +21,7 @@ from experiments.mnist_data import (
     stratified_split,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from typing import Any
 from common.errors import UsageError
 
 SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "actors")
-TARGETS = {  # issue 7, on the 2-core CPU box
+TARGETS = {  # the project's targets on a 2-core CPU machine (docs/performance.md)
     "train_ratio_min": 4.0,
     "learner_ratio_min": 0.85,
     "ewc_overhead_max": 0.05,

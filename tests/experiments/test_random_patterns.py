@@ -23,7 +23,7 @@ from experiments.random_patterns import (
     snr_by_age,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUIET = Progress(quiet=True)
 

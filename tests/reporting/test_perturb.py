@@ -18,7 +18,7 @@ from agents.dqn.networks import (
 )
 from reporting.perturb import KINDS, flatten, noise_shapes, perturbed_state, unit_noise
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_NET = NetworkConfig(channels=(4, 4, 4), hidden=8, max_tasks=2)
 

@@ -1,6 +1,6 @@
 """Forget-me-not throughput: frames/s with 1, 5 and 10 known tasks, on one core.
 
-    python benchmarks/bench_fmn.py [--frames 20000] [--observe-every 4]
+    python -m perf.fmn_speed [--frames 20000] [--observe-every 4]
 
 Plays each of 10 Atari games with a random policy (a few seconds of ALE), teaches a
 ForgetMeNot the first K of them, then times it on a stream that visits those K games in

@@ -19,8 +19,9 @@ from common.results import Progress, write_json_atomic
 from experiments import permuted_mnist as pm
 from experiments.mnist_data import IDX_FILES, MnistData, load_embedded
 from experiments.plotting import plot_task_accuracies
+from experiments.sgd import accuracy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUIET = Progress(quiet=True)
 
@@ -136,7 +137,7 @@ def test_early_stopping_keeps_best_epoch(data):
     perm = torch.arange(784)
     history = pm.train_task(model, None, never_right, perm, cfg, torch.Generator().manual_seed(0), lambda r: None)
     assert [r.epoch for r in history] == [1, 2]
-    assert pm.accuracy(model, split.test_images, split.test_labels, perm) == history[0].test_accuracy
+    assert accuracy(model, split.test_images, split.test_labels, perm) == history[0].test_accuracy
 
 
 def test_plot_has_average_panel_past_three_tasks():

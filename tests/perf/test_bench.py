@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from common.errors import UsageError
 from tests.conftest import ROOT
@@ -111,29 +110,6 @@ def test_steady_rate_is_the_slope_of_arrivals():
     assert value == pytest.approx(50.0, rel=0.05) and window == 29
     with pytest.raises(UsageError):
         steady_rate(events[:2], start=0.0)
-
-
-def test_learner_fast_ewc_gradient_equals_the_penalty_gradient():
-    from agents.dqn.config import DQNConfig
-    from agents.dqn.learning import Learner
-    from agents.dqn.networks import NetworkConfig
-    from perf.measure import random_batch, synthetic_anchors
-
-    config = DQNConfig(network=NetworkConfig(channels=(8, 8, 8), hidden=16, max_tasks=3))
-    learner = Learner(config)
-    for tasks, seed in (([1, 2], 0), ([1], 5)):  # new anchors must replace the cached coefficients
-        learner.set_anchors(synthetic_anchors(learner.online, len(tasks), config.ewc_lambda, seed=seed).state_dict(), tasks)
-        learner.update(random_batch(8), 0, report_penalty=False)  # weights move away from the anchors
-        shared = [p for n, p in learner.online.named_parameters() if n in learner.ewc.precision]
-        for p in shared:
-            p.grad = torch.zeros_like(p)
-        learner.ewc.add_gradient_(learner.online, with_value=False)
-        fast = [p.grad.clone() for p in shared]
-        for p in shared:
-            p.grad = torch.zeros_like(p)
-        learner.ewc.add_gradient_(learner.online, with_value=True)
-        for f, p in zip(fast, shared):
-            torch.testing.assert_close(f, p.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_bench_config_is_the_paper_network_on_one_game():

@@ -59,9 +59,9 @@ def test_killed_env_actor_is_restarted_and_the_run_goes_on(tmp_path):
         assert "env actor 0 was restarted by Ray" in stderr and summary["lost_chunks"] == 0
     assert summary["completed"]
     assert summary["frames"] >= 12_000  # the whole schedule was still played
-    # both actors produced steps again after the kill: throughput recovered
-    last = metrics(run_dir)[-3:]
-    assert any(m["env_steps_per_s"] > 0 for m in last) or summary["env_steps_per_s"] > 0
+    # killed after ~150 of its steps, the restarted actor went on playing its share: throughput recovered
+    steps = {int(actor): n for actor, n in summary["steps_per_actor"].items()}
+    assert steps[0] >= 0.3 * steps[1] and steps[0] > 600
 
 
 def test_killed_driver_resumes_from_its_checkpoint(tmp_path):

@@ -481,3 +481,23 @@ def test_ewc_gradient_ratio_per_layer_is_penalty_over_td_gradient_norm():
     penalty_grad = SMALL.ewc_lambda * 0.5 * (reference.online.fc.weight - anchors["fc.weight"])
     assert ratios["fc"] == pytest.approx((penalty_grad.norm() / td_grad.norm()).item(), rel=1e-4)
     assert ratios["conv1"] == pytest.approx(0.0, abs=1e-6)  # still at its anchor
+
+
+def test_the_penalty_gradient_the_learner_adds_follows_new_anchors():
+    """The learner adds EWC's gradient from cached products; anchors set later must replace them."""
+    learner = Learner(SMALL, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for task in (1, 2):
+        fisher = {n: torch.rand(p.shape, generator=generator) for n, p in learner.online.named_parameters()
+                  if n in learner.shared_names}
+        anchor(learner, task, fisher)
+        learner.update(random_batch(8, seed=task), 0, report_penalty=False)  # the weights leave the anchors
+        shared = [p for n, p in learner.online.named_parameters() if n in learner.shared_names]
+        for p in shared:
+            p.grad = torch.zeros_like(p)
+        learner.ewc.add_gradient_(learner.online, with_value=False)  # the cached path of every update
+        cached = [p.grad.clone() for p in shared]
+        learner.online.zero_grad()
+        learner.ewc.penalty(learner.online).backward()
+        for fast, p in zip(cached, shared):
+            torch.testing.assert_close(fast, p.grad, rtol=1e-4, atol=1e-5)

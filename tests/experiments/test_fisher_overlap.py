@@ -21,7 +21,7 @@ from experiments.fisher_overlap import (
 )
 from experiments.mnist_data import load_embedded
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIDE = 28
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
 """Per-sample diagonal Fisher throughput: our hook-based closed form vs a plain loop vs torch.func.
 
-    python benchmarks/bench_fisher.py [--samples 1000] [--threads 2]
+    python -m perf.fisher_speed [--samples 1000] [--threads 2]
 
 Prints samples/s for each implementation and Fisher mode on the 784-400-400-10 MLP of the
 permuted-MNIST experiment, and checks that all three agree.
@@ -14,10 +14,7 @@ import torch
 from torch import nn
 
 from ewc import diagonal_fisher
-
-
-def mnist_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
+from experiments.permuted_mnist import MLP
 
 
 def loop_fisher(model: nn.Module, x: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
@@ -75,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = mnist_mlp().eval()
+    model = MLP((400, 400)).eval()
     x = torch.rand(args.samples, 784)
     diagonal_fisher(model, x[:256])  # warm-up: first calls pay for allocator and kernel set-up
     print(f"784-400-400-10 MLP, {args.samples} samples, {args.threads} torch threads")

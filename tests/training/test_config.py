@@ -11,7 +11,7 @@ import yaml
 from common.errors import UsageError
 from training.config import config_from_dict, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
@@ -116,6 +116,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(UsageError, match="--set expects key=value"):
         load_config(SMOKE, ["agent.batch_size"])
+
+
+@pytest.mark.parametrize("text", ["", "\n# nothing but a comment\n", "{}\n"])
+def test_an_empty_config_is_refused_rather_than_run_on_defaults(tmp_path, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    with pytest.raises(UsageError, match="empty.yaml is empty: a config says what to run"):
+        load_config(empty)
 
 
 def test_train_command_rejects_bad_config_with_exit_code_2(tmp_path):

@@ -1,0 +1,60 @@
+"""The layer diagram: which package may import which. Imports run downwards only.
+
+    run.py                       the commands, imported by name when one runs
+    reporting  perf  experiments what users run on top: reports, benchmarks, the paper's supervised experiments
+    training                     the distribution layer: config, schedule, task ids, Ray actors, the trainer
+    agents                       the DQN agent: networks, losses, Fisher, learner, actor; replay, optimiser
+    ewc  envs  fmn               the EWC core, the environments, forget-me-not task inference
+    common                       errors, result files, figures
+"""
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tests.conftest import ROOT
+
+ALLOWED = {
+    "common": set(),
+    "ewc": {"common"},
+    "envs": {"common"},
+    "fmn": {"common"},
+    "agents": {"common", "ewc", "envs"},
+    "training": {"common", "ewc", "envs", "fmn", "agents"},
+    "reporting": {"common", "ewc", "envs", "agents", "training"},
+    "experiments": {"common", "ewc"},
+    "perf": {"common", "ewc", "envs", "fmn", "agents", "training", "experiments"},
+}
+
+
+def imported_packages(path) -> set[str]:
+    """Our top-level packages that a module imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_the_layers_below_it(package):
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert modules, f"no modules in {package}/"
+    offending = {
+        str(path.relative_to(ROOT)): sorted(imported_packages(path) - ALLOWED[package] - {package})
+        for path in modules
+    }
+    assert not {module: bad for module, bad in offending.items() if bad}
+
+
+def test_every_package_is_in_the_diagram():
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in {"tests", "configs"}}
+    assert packages == set(ALLOWED)
+
+
+def test_run_py_imports_commands_only_by_name():
+    assert imported_packages(ROOT / "run.py") <= {"common"}
