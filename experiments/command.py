@@ -56,3 +56,20 @@ def finish_command(
     if args.plot:
         progress(f"wrote {save_figure(figure(), args.plot)}")
     return 0
+
+
+def run_on_mnist(
+    args: argparse.Namespace,
+    cfg: Any,
+    run_experiment: Callable[[Any, Any, Progress], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+    figure: Callable[[dict[str, Any]], Figure],
+) -> int:
+    """An MNIST experiment command from its checked config: load the digits, run, report, write."""
+    from experiments.mnist_data import load_mnist
+
+    progress = start_command(args)
+    data = load_mnist(cfg.data_dir)
+    progress(f"data: {data.source}")
+    result = run_experiment(cfg, data, progress)
+    return finish_command(args, progress, result, summary(result), lambda: figure(result))

@@ -60,15 +60,13 @@ from ewc import EWCPenalty, diagonal_fisher, fisher_overlap
 from experiments.command import (
     add_output_arguments,
     comma_list,
-    finish_command,
-    start_command,
+    run_on_mnist,
 )
 from experiments.mnist_data import (
     IMAGE_SIDE,
     NUM_CLASSES,
     NUM_PIXELS,
     MnistData,
-    load_mnist,
 )
 from experiments.sgd import accuracy, sgd_epoch
 
@@ -364,9 +362,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    progress = start_command(args)
-    data = load_mnist(cfg.data_dir)
-    progress(f"data: {data.source}")
-    result = run_experiment(cfg, data, progress)
-    return finish_command(args, progress, result, summary_table(result), lambda: plot_overlap(result))
+    return run_on_mnist(args, config_from_args(args), run_experiment, summary_table, plot_overlap)

@@ -72,14 +72,12 @@ from ewc import EWCPenalty, diagonal_fisher
 from experiments.command import (
     add_output_arguments,
     comma_list,
-    finish_command,
-    start_command,
+    run_on_mnist,
 )
 from experiments.mnist_data import (
     NUM_CLASSES,
     NUM_PIXELS,
     MnistData,
-    load_mnist,
     stratified_split,
 )
 from experiments.plotting import plot_task_accuracies, task_name
@@ -415,14 +413,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    progress = start_command(args)
-    data = load_mnist(cfg.data_dir)
-    progress(f"data: {data.source}")
-    result = run_experiment(cfg, data, progress)
 
-    def figure() -> Figure:
+    def figure(result: dict) -> Figure:
         accuracy_by_method = {m: entry["accuracy"] for m, entry in result["methods"].items()}
         title = f"Permuted MNIST, {cfg.tasks} tasks, hidden {'x'.join(map(str, cfg.hidden))}"
         return plot_task_accuracies(accuracy_by_method, title=title)
 
-    return finish_command(args, progress, result, summary_table(result), figure)
+    return run_on_mnist(args, cfg, run_experiment, summary_table, figure)
