@@ -16,12 +16,12 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
 from common.errors import UsageError
+from envs.settings import EnvSettings
 
 FRAME_SHAPE = (84, 84)
 NUM_ACTIONS = 18  # the full ALE action set, the same for every game
@@ -54,19 +54,6 @@ def resolve_game(name: str) -> str:
     raise UsageError(f"unknown Atari game {name!r}; close matches: {hint}")
 
 
-@dataclass(frozen=True)
-class AtariSettings:
-    """The preprocessing knobs; defaults are the paper's."""
-
-    frame_skip: int = 4
-    noop_max: int = 30
-    max_episode_frames: int = 108_000  # 30 minutes of play at 60 Hz, as in DQN evaluations
-    repeat_action_probability: float = 0.0  # the 2015-17 papers used deterministic ALE
-    full_action_space: bool = True
-    clip_rewards: bool = True
-    terminal_on_life_loss: bool = False  # training only: a lost life cuts bootstrapping, the game goes on
-
-
 class _TrainingSignals(gym.Wrapper):
     """Clips rewards to [-1, 1] (optionally) and reports raw rewards and life losses in `info`."""
 
@@ -91,7 +78,7 @@ class _TrainingSignals(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def make_atari_env(game: str, *, seed: int | None = None, settings: AtariSettings = AtariSettings()) -> gym.Env:
+def make_atari_env(game: str, *, seed: int | None = None, settings: EnvSettings = EnvSettings()) -> gym.Env:
     """A preprocessed ALE environment whose observations are uint8 (84, 84) frames."""
     import ale_py
 
@@ -118,16 +105,3 @@ def make_atari_env(game: str, *, seed: int | None = None, settings: AtariSetting
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
-
-
-def random_policy_frames(game: str, num_frames: int, seed: int = 0) -> np.ndarray:
-    """`num_frames` preprocessed frames (uint8, (N, 84, 84)) of `game` played by a uniformly random policy."""
-    env = make_atari_env(game, seed=seed)
-    frames = np.empty((num_frames, *FRAME_SHAPE), dtype=np.uint8)
-    for i in range(num_frames):
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        frames[i] = frame
-        if terminated or truncated:
-            env.reset()
-    env.close()
-    return frames

@@ -1,14 +1,20 @@
-"""Random-play and human reference scores for human-normalised Atari scores.
+"""Reference scores: what a score is normalised by, per game family.
 
-Source: Mnih et al. 2015, "Human-level control through deep reinforcement learning",
-Nature 518, Extended Data Table 2 ("random play" and "professional human games tester",
-both under the 30-no-op / 5-minute evaluation protocol). These are the numbers the EWC
-paper normalises by.
+Normalised score = (score - random) / (reference - random): 0 plays like a random policy, 1 like
+the reference.
+
+- Atari: the reference is the professional human tester ("human-normalised"). Source: Mnih et al.
+  2015, "Human-level control through deep reinforcement learning", Nature 518, Extended Data
+  Table 2 (random play and human, 30-no-op / 5-minute protocol): the numbers the EWC paper uses.
+- MinAtar: the reference is DQN as published with MinAtar (Young & Tian 2019, the 30-seed
+  learning curves of its DQN with replay and a target network), read off the curves at the
+  points in `MINATAR_DQN_CURVES` and normalised by the last; random play measured here with
+  MinAtar's defaults (sticky actions 0.1, difficulty ramping), 1,000 episodes per game.
 """
 from __future__ import annotations
 
-# game -> (random score, human score)
-REFERENCE_SCORES: dict[str, tuple[float, float]] = {
+# Atari game -> (random score, human score)
+ATARI_SCORES: dict[str, tuple[float, float]] = {
     "Alien": (227.8, 6875.0),
     "Amidar": (5.8, 1676.0),
     "Assault": (222.4, 1496.0),
@@ -61,14 +67,55 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
 }
 
 
-def human_normalized(game: str, score: float) -> float | None:
-    """(score - random) / (human - random), or None for a game without reference scores."""
-    if game not in REFERENCE_SCORES:
+# MinAtar game -> random score (1,000 uniformly random episodes each)
+MINATAR_RANDOM: dict[str, float] = {
+    "MinAtar/Asterix": 0.48,
+    "MinAtar/Breakout": 0.51,
+    "MinAtar/Freeway": 0.13,
+    "MinAtar/Seaquest": 0.11,
+    "MinAtar/SpaceInvaders": 2.80,
+}
+
+# MinAtar game -> (agent steps, DQN's score there), read off the published curves (approximate).
+MINATAR_DQN_CURVES: dict[str, tuple[tuple[int, float], ...]] = {
+    "MinAtar/Asterix": ((1_200_000, 12.0),),
+    "MinAtar/Breakout": ((500_000, 8.0), (1_000_000, 10.0)),
+    "MinAtar/Freeway": ((800_000, 45.0), (1_700_000, 50.0)),
+    "MinAtar/Seaquest": ((1_500_000, 1.0),),
+    "MinAtar/SpaceInvaders": ((300_000, 20.0), (2_000_000, 40.0)),
+}
+
+
+def reference(game: str) -> tuple[float, float, str] | None:
+    """(random score, reference score, what the reference is) of `game`, or None without references."""
+    if game in ATARI_SCORES:
+        return (*ATARI_SCORES[game], "human")
+    if game in MINATAR_RANDOM and game != "MinAtar/Seaquest":  # DQN barely leaves random play on it
+        return MINATAR_RANDOM[game], MINATAR_DQN_CURVES[game][-1][1], "DQN"
+    return None
+
+
+def normalized(game: str, score: float) -> float | None:
+    """(score - random) / (reference - random), or None for a game without reference scores."""
+    ref = reference(game)
+    if ref is None:
         return None
-    random_score, human_score = REFERENCE_SCORES[game]
-    return (score - random_score) / (human_score - random_score)
+    random_score, top, _ = ref
+    return (score - random_score) / (top - random_score)
 
 
-def capped_sum(normalized: dict[str, float | None]) -> float:
-    """The paper's summary metric: sum over games of human-normalised scores capped at 1."""
-    return float(sum(min(value, 1.0) for value in normalized.values() if value is not None))
+def published_dqn_score(game: str, steps: int) -> float | None:
+    """MinAtar's published DQN score after `steps` agent steps: linear from random play at step 0
+    through the points read off its curves, flat after the last (None for other games)."""
+    if game not in MINATAR_DQN_CURVES:
+        return None
+    points = ((0, MINATAR_RANDOM[game]), *MINATAR_DQN_CURVES[game])
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if steps <= x1:
+            return y0 + (y1 - y0) * max(steps - x0, 0) / (x1 - x0)
+    return points[-1][1]
+
+
+def capped_sum(normalized_scores: dict[str, float | None]) -> float:
+    """The paper's summary metric: sum over games of normalised scores capped at 1."""
+    return float(sum(min(value, 1.0) for value in normalized_scores.values() if value is not None))

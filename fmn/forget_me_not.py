@@ -8,7 +8,8 @@ replay buffer and the task-specific parameters.
 
 The model
 ---------
-* A frame (84x84 uint8 luminance, as `envs.atari` produces it) is averaged over
+* A frame (uint8: 84x84 luminance from `envs.atari`, or a (C, 10, 10) grid of 0/255 cells from
+  `envs.minatar`, `frame_shape`) is averaged over
   `downscale` x `downscale` blocks (42x42 by default) and quantised to `levels` intensities.
 * Each task is a factorised Dirichlet-multinomial: pixel p has its own categorical over the
   levels with a symmetric Dirichlet(`prior`) prior, so the predictive probability of level v
@@ -90,7 +91,8 @@ class ForgetMeNot:
         models (4: the paper updates the models every 4 steps). The first frame ever seen is
         an observation. 1 models every frame.
     downscale: frames are averaged over downscale x downscale blocks before modelling
-        (2, the paper's: 84x84 -> 42x42). Must divide 84.
+        (2, the paper's: 84x84 -> 42x42). Must divide the frame's height and width; MinAtar's
+        10x10 grids use 1 (every cell of every channel a pixel) with 2 levels (off / on).
     levels: intensity levels after quantisation (32). Games are told apart by which pixels
         take which shades; 16 and 64 work as well on the games tried.
     prior: symmetric Dirichlet concentration per level (1/32, one pseudo-count per pixel in
@@ -125,13 +127,18 @@ class ForgetMeNot:
         prior: float = FMNConfig.prior,
         count_cap: float | None = FMNConfig.count_cap,
         outlier_prob: float = FMNConfig.outlier_prob,
+        frame_shape: tuple[int, ...] = FRAME_SHAPE,
     ):
         if not (_is_integer(window) and window >= 1):
             raise UsageError(f"window must be an integer >= 1, got {window!r}")
         if not (_is_integer(observe_every) and observe_every >= 1):
             raise UsageError(f"observe_every must be an integer >= 1, got {observe_every!r}")
-        if not (_is_integer(downscale) and downscale >= 1 and FRAME_SHAPE[0] % downscale == 0):
-            raise UsageError(f"downscale must be an integer dividing {FRAME_SHAPE[0]}, got {downscale!r}")
+        frame_shape = tuple(int(n) for n in frame_shape)
+        if len(frame_shape) not in (2, 3) or min(frame_shape) < 1:
+            raise UsageError(f"frame_shape must be (H, W) or (C, H, W), got {frame_shape}")
+        height, width = frame_shape[-2:]
+        if not (_is_integer(downscale) and downscale >= 1 and height % downscale == 0 and width % downscale == 0):
+            raise UsageError(f"downscale must be an integer dividing the frame's {height} x {width}, got {downscale!r}")
         if not (_is_integer(levels) and 2 <= levels <= 256):
             raise UsageError(f"levels must be an integer in [2, 256], got {levels!r}")
         if not (_is_number(prior) and math.isfinite(prior) and prior > 0):
@@ -148,9 +155,10 @@ class ForgetMeNot:
         self.prior = float(prior)
         self.count_cap = None if count_cap is None else float(count_cap)
         self.outlier_prob = float(outlier_prob)
+        self.frame_shape = frame_shape
 
-        side = FRAME_SHAPE[0] // self.downscale
-        self.num_pixels = side * side
+        self._block_shape = (*frame_shape[:-2], height // self.downscale, width // self.downscale)
+        self.num_pixels = int(np.prod(self._block_shape))
         self.uniform_log_likelihood = -self.num_pixels * math.log(self.levels)
         # Flat index of (pixel, level) is pixel * levels + level: one gather scores a frame.
         self._pixel_offsets = np.arange(self.num_pixels, dtype=np.intp) * self.levels
@@ -174,16 +182,16 @@ class ForgetMeNot:
         return max(self._current_task, 0)
 
     def observe(self, frame: np.ndarray) -> int:
-        """Feed the next preprocessed uint8 (84, 84) frame; returns the current task id."""
-        _check_frames(frame, batched=False)
+        """Feed the next preprocessed uint8 frame (`frame_shape`); returns the current task id."""
+        _check_frames(frame, self.frame_shape, batched=False)
         if self._frames_seen % self.observe_every == 0:
             self._add_observation(self._flat_indices(frame[None])[0])
         self._frames_seen += 1
         return self.current_task
 
     def observe_batch(self, frames: np.ndarray) -> list[int]:
-        """Feed consecutive frames, uint8 (N, 84, 84); returns the id after each, as N `observe` calls would."""
-        _check_frames(frames, batched=True)
+        """Feed consecutive frames, uint8 (N, *frame_shape); returns the id after each, as N `observe` calls would."""
+        _check_frames(frames, self.frame_shape, batched=True)
         count = frames.shape[0]
         first = (-self._frames_seen) % self.observe_every  # the batch's first observation
         positions = np.arange(first, count, self.observe_every)
@@ -206,7 +214,7 @@ class ForgetMeNot:
 
         Shape (num_tasks + 1,); raw model scores, without the outlier floor. Changes nothing.
         """
-        _check_frames(frame, batched=False)
+        _check_frames(frame, self.frame_shape, batched=False)
         scores = self._score(self._flat_indices(frame[None]))[0]
         return np.append(scores, self.uniform_log_likelihood)
 
@@ -254,10 +262,10 @@ class ForgetMeNot:
         self._current_task = int(state["current_task"])
 
     @classmethod
-    def from_config(cls, config: FMNConfig) -> ForgetMeNot:
+    def from_config(cls, config: FMNConfig, frame_shape: tuple[int, ...] = FRAME_SHAPE) -> ForgetMeNot:
         options = asdict(config)
         options["count_cap"] = options["count_cap"] or None
-        return cls(**options)
+        return cls(**options, frame_shape=frame_shape)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ForgetMeNot:
@@ -270,12 +278,12 @@ class ForgetMeNot:
     # ------------------------------------------------------------------ frames -> observations
 
     def _flat_indices(self, frames: np.ndarray) -> np.ndarray:
-        """(N, 84, 84) uint8 -> (N, pixels) flat (pixel, level) indices into the count table."""
+        """(N, *frame_shape) uint8 -> (N, pixels) flat (pixel, level) indices into the count table."""
         d = self.downscale
-        block_sums = np.zeros((frames.shape[0], FRAME_SHAPE[0] // d, FRAME_SHAPE[1] // d), dtype=np.int32)
+        block_sums = np.zeros((frames.shape[0], *self._block_shape), dtype=np.int32)
         for row in range(d):  # strided adds: ~5x faster than reshape + sum on frames this small
             for col in range(d):
-                block_sums += frames[:, row::d, col::d]
+                block_sums += frames[..., row::d, col::d]
         levels = block_sums * self.levels // (256 * d * d)
         return levels.reshape(frames.shape[0], -1) + self._pixel_offsets
 
@@ -401,6 +409,7 @@ class ForgetMeNot:
             "prior": self.prior,
             "count_cap": self.count_cap,
             "outlier_prob": self.outlier_prob,
+            "frame_shape": self.frame_shape,
         }
 
 
@@ -417,12 +426,12 @@ def _check_state_version(state: Any) -> None:
         raise UsageError(f"not a ForgetMeNot state_dict (version {_STATE_VERSION} expected)")
 
 
-def _check_frames(frames: Any, *, batched: bool) -> None:
-    expected = "(N, 84, 84)" if batched else "(84, 84)"
+def _check_frames(frames: Any, frame_shape: tuple[int, ...], *, batched: bool) -> None:
+    expected = "(" + ", ".join(["N", *map(str, frame_shape)] if batched else list(map(str, frame_shape))) + ")"
     if not isinstance(frames, np.ndarray):
         raise UsageError(f"frames must be a numpy uint8 array of shape {expected}, got {type(frames).__name__}")
-    if frames.ndim != (3 if batched else 2) or frames.shape[-2:] != FRAME_SHAPE:
-        hint = " (use observe_batch for several frames)" if not batched and frames.ndim == 3 else ""
-        raise UsageError(f"frame shape must be {expected} (preprocessed luminance), got {frames.shape}{hint}")
+    if frames.shape[int(batched):] != frame_shape or frames.ndim != len(frame_shape) + int(batched):
+        hint = " (use observe_batch for several frames)" if not batched and frames.shape[1:] == frame_shape else ""
+        raise UsageError(f"frame shape must be {expected} (preprocessed frames), got {frames.shape}{hint}")
     if frames.dtype != np.uint8:
-        raise UsageError(f"frames must be uint8 luminance (0-255) as envs.atari produces, got dtype {frames.dtype}")
+        raise UsageError(f"frames must be uint8 (0-255) as envs/ produces them, got dtype {frames.dtype}")

@@ -141,7 +141,7 @@ class Bench:
     """Runs the chosen sections in an order that keeps compared figures close in time."""
 
     def __init__(self, args: argparse.Namespace, sections: list[str]):
-        from envs.atari import resolve_game
+        from envs.games import resolve_game
         from perf.ours import bench_run_config
         from perf.rllib_dqn import DEFAULT_FRAGMENT
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from envs.atari import random_policy_frames
+from envs.games import random_policy_frames
 from fmn import ForgetMeNot
 
 # Games whose random-policy frames stay one task each (Krull and Enduro change scenes).

@@ -83,10 +83,11 @@ def rate(count: float, seconds: float) -> float:
 # ---- synthetic data ---------------------------------------------------------------------------
 
 
-def random_batch(batch_size: int, num_actions: int = 18, stack: int = 4, seed: int = 0) -> Batch:
-    """A replay-shaped numpy batch (uint8 frames): the update's cost does not depend on the pixel values."""
+def random_batch(batch_size: int, network: NetworkConfig, seed: int = 0) -> Batch:
+    """A replay-shaped numpy batch (uint8 frames) for `network`: the update's cost does not depend on the pixel values."""
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (batch_size, stack + 1, *FRAME), dtype=np.uint8)
+    num_actions = network.num_actions
+    frames = rng.integers(0, 256, (batch_size, network.frame_stack + 1, *network.frame_shape), dtype=np.uint8)
     return Batch(
         states=np.ascontiguousarray(frames[:, :-1]),
         actions=rng.integers(0, num_actions, batch_size),
@@ -153,7 +154,7 @@ class BareUpdate:
             eps=config.rmsprop_eps, centered=config.rmsprop_centered,
         )
         self.step = compiled_optimizer_step(self.optimizer) if compile_step else self.optimizer.step
-        batch = random_batch(config.batch_size, config.network.num_actions, seed=seed)
+        batch = random_batch(config.batch_size, config.network, seed=seed)
         self.states = torch.from_numpy(batch.states)
         self.next_states = torch.from_numpy(batch.next_states)
         self.actions = torch.from_numpy(batch.actions).long()
@@ -219,7 +220,7 @@ def learner_breakdown(
     learner = Learner(config, compile_step=compile_step)
     penalty = synthetic_anchors(learner.online, 1, config.ewc_lambda)
     learner.set_anchors(penalty.state_dict(), [1])
-    batch = random_batch(config.batch_size, config.network.num_actions)
+    batch = random_batch(config.batch_size, config.network)
     replay = FrameReplay(replay_capacity, seed=0)
     fill_replay(replay, replay_capacity - replay_capacity // 100, episode_length=1000)
 
@@ -262,7 +263,7 @@ def ewc_overhead(
 
     report_every_s = PENALTY_REPORT_S if report_every_s is None else report_every_s
     net = QNetwork(config.network)
-    batch = random_batch(config.batch_size, config.network.num_actions)
+    batch = random_batch(config.batch_size, config.network)
     penalties = {name: synthetic_anchors(net, n, config.ewc_lambda) for name, n in (("tasks_1", 1), ("tasks_10", 10))}
     states = {
         "none": (empty_penalty_state(config.ewc_lambda), []),
@@ -371,7 +372,7 @@ def fisher_throughput(network: NetworkConfig, *, atari_samples: int, mnist_sampl
     """
     torch.manual_seed(0)
     net, target = QNetwork(network), QNetwork(network)
-    batch = random_batch(atari_samples, network.num_actions)
+    batch = random_batch(atari_samples, network)
     out: dict[str, float] = {"atari_samples": atari_samples, "mnist_samples": mnist_samples}
     for kind in ("softmax_exact", "softmax_sample", "td_empirical"):
         seconds = _timed(lambda: q_network_fisher(net, target, batch, 0, kind=kind), repeats)
@@ -409,7 +410,7 @@ def raw_env_steps_per_s(game: str, seconds: float) -> float:
 def act_ms(network: NetworkConfig, seconds: float) -> float:
     """Milliseconds of one acting forward pass (batch 1, one thread), as an env actor does per step."""
     net = QNetwork(network).eval()
-    state = torch.zeros(1, network.frame_stack, network.frame_size, network.frame_size, dtype=torch.uint8)
+    state = torch.zeros(1, network.frame_stack, *network.frame_shape, dtype=torch.uint8)
 
     def forward() -> None:
         with torch.no_grad():
@@ -428,13 +429,13 @@ def actor_scaling(
     """
     import ray
 
-    from envs.atari import AtariSettings
+    from envs.settings import EnvSettings
     from training.actors import EnvActor
 
     out: dict[str, float] = {}
     for n in counts:
         cpus = min(1.0, total_cpus / n)
-        actors = [EnvActor.options(num_cpus=cpus).remote(i, 1, network, AtariSettings(), seed=0) for i in range(n)]
+        actors = [EnvActor.options(num_cpus=cpus).remote(i, 1, network, EnvSettings(), seed=0) for i in range(n)]
         try:
             def collect(actor) -> Any:  # epsilon 1: random actions, but the network's forward pass still runs
                 return actor.collect_split.remote(chunk_steps, 1.0, game, 0)[0]

@@ -22,7 +22,9 @@ import gymnasium as gym
 import numpy as np
 
 from common.errors import UsageError
-from envs.atari import FRAME_SHAPE, NUM_ACTIONS, AtariSettings, make_atari_env
+from envs.games import family_of
+from envs.games import make_env as make_game_env
+from envs.settings import EnvSettings
 from training.config import RunConfig
 
 ENV_NAME = "continual_ewc_atari"
@@ -30,22 +32,27 @@ DEFAULT_FRAGMENT = 50  # env steps per runner per sampling round (see choose in 
 
 
 class ChannelsLastFrameStack(gym.Wrapper):
-    """The last `stack` frames as float32 (84, 84, stack) in [0, 1]: what RLlib's CNN encoder takes.
+    """The last `stack` frames as float32 (H, W, channels x stack) in [0, 1]: what RLlib's CNN encoder takes.
 
     RLlib's encoder feeds observations to its first Conv2d as they come (uint8 fails there),
-    and its own Atari wrapper also emits float32, so this is the usual RLlib set-up.
-    Zero-padded at an episode's start, like our `FrameStack`. RLlib's frame-stacking
-    connectors are not used (see `config_notes`), so stacked observations go into its replay.
+    and its own Atari wrapper also emits float32, so this is the usual RLlib set-up. A grey
+    frame (H, W) is one channel, a MinAtar grid (C, H, W) is C. Zero-padded at an episode's
+    start, like our `FrameStack`. RLlib's frame-stacking connectors are not used (see
+    `config_notes`), so stacked observations go into its replay.
     """
 
-    def __init__(self, env: gym.Env, stack: int = 4):
+    def __init__(self, env: gym.Env, frame_shape: tuple[int, ...], stack: int = 4):
         super().__init__(env)
-        self._frames = np.zeros((*FRAME_SHAPE, stack), dtype=np.float32)
+        channels = frame_shape[0] if len(frame_shape) == 3 else 1
+        self._frames = np.zeros((*frame_shape[-2:], channels * stack), dtype=np.float32)
+        self._channels = channels
         self.observation_space = gym.spaces.Box(0.0, 1.0, self._frames.shape, np.float32)
 
     def _push(self, frame: np.ndarray) -> np.ndarray:
-        self._frames[..., :-1] = self._frames[..., 1:]
-        self._frames[..., -1] = frame * (1.0 / 255.0)
+        c = self._channels
+        self._frames[..., :-c] = self._frames[..., c:]
+        grid = frame if frame.ndim == 2 else np.moveaxis(frame, 0, -1)
+        self._frames[..., -c:] = grid.reshape(*grid.shape[:2], c) * (1.0 / 255.0)
         return self._frames.copy()
 
     def reset(self, **kwargs):
@@ -60,11 +67,12 @@ class ChannelsLastFrameStack(gym.Wrapper):
 
 def make_env(env_config: dict) -> gym.Env:
     """Env creator registered with Ray Tune (runs inside RLlib's env runner processes)."""
-    settings = AtariSettings(**env_config["settings"])
+    settings = EnvSettings(**env_config["settings"])
     seed = env_config.get("seed", 0) + 1000 * getattr(env_config, "worker_index", 0) + getattr(env_config, "vector_index", 0)
-    env = make_atari_env(env_config["game"], seed=seed, settings=settings)
-    env = ChannelsLastFrameStack(env, env_config["stack"])
-    env.action_space = gym.spaces.Discrete(NUM_ACTIONS)
+    game = env_config["game"]
+    family = family_of(game)
+    env = ChannelsLastFrameStack(make_game_env(game, seed=seed, settings=settings), family.frame_shape, env_config["stack"])
+    env.action_space = gym.spaces.Discrete(family.num_actions)
     return env
 
 
@@ -89,7 +97,7 @@ def build_rllib_config(run_config: RunConfig, *, fragment: int = DEFAULT_FRAGMEN
 
     register_env(ENV_NAME, make_env)
     agent, net, actors = run_config.agent, run_config.agent.network, run_config.actors
-    valid = [[c, k, s, "valid"] for c, (k, s) in zip(net.channels, ((8, 4), (4, 2), (3, 1)))]  # the paper's geometry
+    valid = [[c, k, s, "valid"] for c, k, s in zip(net.channels, net.kernels, net.strides)]  # our geometry
     rounds = updates_per_round(run_config, fragment)
     # RLlib's replay ratio knob: `training_intensity` = replayed / sampled steps relative to a "native
     # ratio" that counts one runner too many (the local one); solve for the weights we want.
@@ -155,10 +163,11 @@ def config_notes(run_config: RunConfig, fragment: int = DEFAULT_FRAGMENT) -> lis
     return [
         f"optimizer: RLlib's torch learner hard-codes Adam (lr {agent.learning_rate:g}); ours is RMSProp "
         f"({'centered, ' if agent.rmsprop_centered else ''}lr {agent.learning_rate:g}, alpha {agent.rmsprop_alpha}, eps {agent.rmsprop_eps}); the per-update cost is similar",
-        "network: same conv 32/64/128 (valid padding) + FC hidden + 18 outputs, but plain biases instead of "
-        "per-task gains and biases, and no EWC penalty (RLlib has none)",
+        f"network: the same convolutions {list(run_config.agent.network.channels)} (valid padding) + FC "
+        f"{run_config.agent.network.hidden} + {run_config.agent.network.num_actions} outputs, but plain biases instead "
+        "of per-task gains and biases, and no EWC penalty (RLlib has none)",
         "frame stacking: done in an env wrapper (RLlib's FrameStacking connectors are not used: their DQN path "
-        "broke between releases), so RLlib's replay stores stacked 4x84x84 observations per step, as float32 "
+        "broke between releases), so RLlib's replay stores whole stacked observations per step, as float32 "
         "(its CNN encoder does not take uint8)",
         f"replay ratio: RLlib alternates sample and train: each round samples {fragment} steps per runner "
         f"({rounds * agent.update_period} in all), then does {rounds} updates and broadcasts weights once; "

@@ -5,7 +5,7 @@ Row i of the matrix holds every game's score with the weights at the end of visi
 first plays them. The "initial" round (the untrained network) is kept beside the matrix as
 the baseline of forward transfer.
 
-Each game is measured on one scale: its human-normalised score when the run logged one for
+Each game is measured on one scale: its normalised score when the run logged one for
 it (every ALE game with reference scores in envs.scores), else its raw score. The metrics
 (defined in docs/reporting.md; K is the last row, f_j and l_j the first and the last visit of
 game j up to K, V the matrix on each game's scale, b the initial scores):
@@ -15,8 +15,12 @@ game j up to K, V the matrix on each game's scale, b the initial scores):
   backward_transfer    mean_j V[K][j] - V[l_j][j]             (games whose last visit is before K)
   forward_transfer     mean_j V[f_j - 1][j] - b_j             (games first trained after visit 0)
 
-These are the GEM definitions (Lopez-Paz & Ranzato 2017) and Chaudhry et al.'s forgetting
-(2018), adapted to a schedule that revisits games. Pure functions on plain numbers: no files.
+  round_forgetting     mean over visits i followed by other games in their round of V[i][g_i] - V[r_i][g_i]
+                       (r_i: the round's last visit); _relative divides by the mean of V[i][g_i]
+
+These are the GEM definitions (Lopez-Paz & Ranzato 2017), Chaudhry et al.'s forgetting (2018)
+and CORA's isolated forgetting, adapted to a schedule that revisits games. Pure functions on
+plain numbers: no files.
 """
 from __future__ import annotations
 
@@ -24,10 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from envs.scores import capped_sum
+from envs.scores import (
+    MINATAR_DQN_CURVES,
+    MINATAR_RANDOM,
+    capped_sum,
+    published_dqn_score,
+)
 from training.records import EvalRound
 
-HUMAN_NORMALIZED, RAW = "human_normalized", "raw"
+NORMALIZED, RAW = "normalized", "raw"
 VISIT_END, LATEST_ROUND = "visit_end", "latest_round_per_visit"
 
 Cell = float | None  # a missing cell: the round did not score that game, or the visit has no round
@@ -51,27 +60,27 @@ class EvaluationMatrix:
         return len(self.trained)
 
     def scale(self, game: str) -> str:
-        """HUMAN_NORMALIZED if every logged score of `game` has a normalised value, else RAW."""
+        """NORMALIZED if every logged score of `game` has a normalised value, else RAW."""
         j = self.games.index(game)
         pairs = [(row_raw[j], row_norm[j]) for row_raw, row_norm in zip(self.raw, self.normalized)]
         if self.initial_raw is not None:
             pairs.append((self.initial_raw[j], self.initial_normalized[j]))
         scored = [norm for raw, norm in pairs if raw is not None]
-        return HUMAN_NORMALIZED if scored and all(norm is not None for norm in scored) else RAW
+        return NORMALIZED if scored and all(norm is not None for norm in scored) else RAW
 
     def scales(self) -> dict[str, str]:
         return {game: self.scale(game) for game in self.games}
 
     def values(self) -> list[list[Cell]]:
         """The matrix on each game's scale (what the metrics use)."""
-        use_normalized = [self.scale(g) == HUMAN_NORMALIZED for g in self.games]
+        use_normalized = [self.scale(g) == NORMALIZED for g in self.games]
         return [[n if use else r for r, n, use in zip(raw_row, norm_row, use_normalized)]
                 for raw_row, norm_row in zip(self.raw, self.normalized)]
 
     def initial_values(self) -> list[Cell] | None:
         if self.initial_raw is None:
             return None
-        return [n if self.scale(g) == HUMAN_NORMALIZED else r
+        return [n if self.scale(g) == NORMALIZED else r
                 for g, r, n in zip(self.games, self.initial_raw, self.initial_normalized)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,11 +89,11 @@ class EvaluationMatrix:
             "rows": [{"visit_index": i, "trained": game, "frames": frames}
                      for i, (game, frames) in enumerate(zip(self.trained, self.frames))],
             "score": [list(row) for row in self.raw],
-            "human_normalized": [list(row) for row in self.normalized],
+            "normalized": [list(row) for row in self.normalized],
             "value": self.values(),
             "scale": self.scales(),
             "initial": None if self.initial_raw is None else {
-                "score": list(self.initial_raw), "human_normalized": list(self.initial_normalized),
+                "score": list(self.initial_raw), "normalized": list(self.initial_normalized),
                 "value": self.initial_values(),
             },
             "source": self.source,
@@ -170,6 +179,7 @@ def continual_metrics(matrix: EvaluationMatrix) -> dict[str, Any]:
         if initial is not None and first is not None and first > 0:
             forward[game] = _difference(values[first - 1][j], initial[j])
     final_normalized = dict(zip(matrix.games, matrix.normalized[last]))
+    round_forgetting, visit_end_values = _round_forgetting(matrix, values)
     return {
         "final_visit": last,
         "final": dict(zip(matrix.games, final)),
@@ -181,5 +191,52 @@ def continual_metrics(matrix: EvaluationMatrix) -> dict[str, Any]:
         "backward_transfer_per_game": backward,
         "forward_transfer": _mean(list(forward.values())),
         "forward_transfer_per_game": forward,
+        "round_forgetting": _mean(round_forgetting),
+        "round_forgetting_relative": _ratio(_mean(round_forgetting), _mean(visit_end_values)),
         "scale": matrix.scales(),
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _round_forgetting(matrix: EvaluationMatrix, values: list[list[Cell]]) -> tuple[list[float], list[float]]:
+    """Isolated forgetting within each round of the schedule (one visit per game): for every visit that
+    other games follow in its round, (the game's score at the end of its visit) - (its score at the end
+    of the round). Returns those differences and the end-of-visit scores they start from."""
+    per_round = len(matrix.games)
+    last = matrix.num_rows - 1
+    differences, starts = [], []
+    for i, game in enumerate(matrix.trained):
+        end = (i // per_round + 1) * per_round - 1
+        j = matrix.games.index(game)
+        if end > last or end == i or values[i][j] is None or values[end][j] is None:
+            continue
+        differences.append(values[i][j] - values[end][j])
+        starts.append(values[i][j])
+    return differences, starts
+
+
+def first_visit_learning(matrix: EvaluationMatrix, frame_skip: int) -> dict[str, Any]:
+    """Did each game learn in its first visit? Its raw score at the visit's end against random play and
+    against the published DQN at the same number of agent steps (MinAtar games; others are left out).
+    A visit is taken to start where the previous visit's evaluation round was taken."""
+    out = {}
+    for j, game in enumerate(matrix.games):
+        if game not in MINATAR_DQN_CURVES or game not in matrix.trained:
+            continue
+        first = matrix.trained.index(game)
+        score, end = matrix.raw[first][j], matrix.frames[first]
+        if score is None or end is None:
+            continue
+        start = matrix.frames[first - 1] if first > 0 else 0
+        if start is None:
+            continue
+        steps = (end - start) // frame_skip
+        published, random_score = published_dqn_score(game, steps), MINATAR_RANDOM[game]
+        out[game] = {
+            "steps": steps, "score": score, "random": random_score, "published_dqn": published,
+            "of_published": _ratio(score, published), "of_random": _ratio(score, random_score),
+        }
+    return out

@@ -140,16 +140,18 @@ def play_episode(runner, game: str, task: int, episode_seed: tuple[int, int], ep
 
 
 def play_states(runner, game: str, task: int, count: int, epsilon: float, max_frames: int, seed: int) -> Tensor:
-    """`count` stacked states (uint8, (N, stack, 84, 84)) the agent sees while playing `game`."""
-    from agents.replay import FrameStack
-    from envs.atari import FRAME_SHAPE, AtariSettings, make_atari_env
+    """`count` stacked states (uint8, (N, stack, *frame_shape)) the agent sees while playing `game`."""
+    import dataclasses
 
-    settings = AtariSettings(**{**runner.settings.__dict__, "max_episode_frames": max_frames})
+    from agents.replay import FrameStack
+    from envs.games import make_env
+
+    settings = dataclasses.replace(runner.settings, max_episode_frames=max_frames)
     runner.net.set_task(task)
     runner.rng = np.random.default_rng((seed, 1_000_003))  # apart from the scoring episodes' seeds
-    stack = FrameStack(runner.net.config.frame_stack, FRAME_SHAPE)
+    stack = FrameStack(runner.net.config.frame_stack, runner.net.config.frame_shape)
     states: list[np.ndarray] = []
-    env = make_atari_env(game, seed=seed, settings=settings)
+    env = make_env(game, seed=seed, settings=settings)
     try:
         while len(states) < count:
             frame, _ = env.reset()
@@ -171,8 +173,8 @@ def play_states(runner, game: str, task: int, count: int, epsilon: float, max_fr
 def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings, progress: Progress) -> dict[str, Any]:
     from agents.dqn.actor import EnvRunner
     from agents.dqn.networks import shared_parameter_names
-    from envs.atari import resolve_game
-    from envs.scores import human_normalized
+    from envs import scores
+    from envs.games import resolve_game
     from ewc import diagonal_fisher
     from training import checkpoint
 
@@ -240,7 +242,7 @@ def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings
                 runner.set_weights(perturbed_state(base, names, delta))
                 episodes[kind][k][e] = play_episode(runner, game, task, seed, epsilon, max_frames)
                 energy[kind][k] += direction_energy * (size * weight_norm) ** 2 / len(seeds)
-        curve = [float(np.mean(scores)) for scores in episodes[kind]]
+        curve = [float(np.mean(played)) for played in episodes[kind]]
         progress(f"{kind}: " + ", ".join(f"{s:g} -> {c:.1f}" for s, c in zip(settings.sizes, curve)))
 
     curves = {kind: [float(np.mean(s)) for s in episodes[kind]] for kind in KINDS}
@@ -252,10 +254,10 @@ def run_analysis(checkpoint_path: str | Path, game_name: str, settings: Settings
         "sizes": list(settings.sizes),
         "curves": curves,
         "curves_std": {kind: [float(np.std(s)) for s in episodes[kind]] for kind in KINDS},
-        "curves_human_normalized": {kind: [human_normalized(game, c) for c in curve] for kind, curve in curves.items()},
+        "curves_normalized": {kind: [scores.normalized(game, c) for c in curve] for kind, curve in curves.items()},
         "episodes": episodes,
         "unperturbed": {"score": float(np.mean(unperturbed)), "episodes": unperturbed,
-                        "human_normalized": human_normalized(game, float(np.mean(unperturbed)))},
+                        "normalized": scores.normalized(game, float(np.mean(unperturbed)))},
         "fisher_energy": energy,  # mean of sum_i F_i delta_i^2: how far each perturbation moves in the Fisher metric
         "fisher": fisher_info,
         "config": {**asdict(settings), "sizes": list(settings.sizes), "epsilon": epsilon,

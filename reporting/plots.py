@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from common.figures import agg_figure
-from envs.scores import REFERENCE_SCORES
-from reporting.metrics import HUMAN_NORMALIZED, EvaluationMatrix
+from envs.scores import reference
+from reporting.metrics import NORMALIZED, EvaluationMatrix
 from reporting.runs import RunLog
 
 DPI = 100  # report figures are larger than the experiments' panels: a lower resolution keeps the PNGs small
@@ -81,10 +81,11 @@ def plot_game_scores(runs: Sequence[RunLog]) -> Figure:
         _millions(ax)
         ax.set_xlim(0, max(run.visits[-1].end_frame for run in runs))
         ax.grid(True, alpha=0.3)
-        if game in REFERENCE_SCORES:  # the same curve read as a human-normalised score
-            low, high = REFERENCE_SCORES[game]
+        ref = reference(game)
+        if ref is not None:  # the same curve read as a normalised score
+            low, high, name = ref
             ax.secondary_yaxis("right", functions=(lambda s, a=low, b=high: (s - a) / (b - a),
-                                                   lambda h, a=low, b=high: a + h * (b - a))).set_ylabel("human-norm.")
+                                                   lambda h, a=low, b=high: a + h * (b - a))).set_ylabel(f"{name}-normalised")
         if index == 0:
             ax.legend(fontsize="small", loc="best")
     fig.suptitle("score of every game over training (shaded: when the game is trained)")
@@ -92,7 +93,7 @@ def plot_game_scores(runs: Sequence[RunLog]) -> Figure:
 
 
 def plot_capped_sum(runs: Sequence[RunLog]) -> Figure:
-    """Fig. 3B: the sum over games of human-normalised scores capped at 1, one line per run."""
+    """Fig. 3B: the sum over games of normalised scores capped at 1, one line per run."""
     fig = agg_figure(7.0, 3.8, dpi=DPI)
     ax = fig.add_subplot()
     for position, run in enumerate(runs):
@@ -101,13 +102,15 @@ def plot_capped_sum(runs: Sequence[RunLog]) -> Figure:
             frames, sums = zip(*points)
             marker = "o" if len(points) <= MAX_MARKERS else None
             ax.plot(frames, sums, color=f"C{position}", marker=marker, markersize=3.5, lw=1.6, label=run_label(run, runs))
-    games = [g for g in dict.fromkeys(g for run in runs for g in run.games) if g in REFERENCE_SCORES]
+    references = {reference(g)[2] for g in dict.fromkeys(g for run in runs for g in run.games) if reference(g)}
+    games = [g for g in dict.fromkeys(g for run in runs for g in run.games) if reference(g)]
     if games:
-        ax.axhline(len(games), color="0.5", ls="--", lw=1, label="every game at human level")
+        level = " or ".join(sorted(references))
+        ax.axhline(len(games), color="0.5", ls="--", lw=1, label=f"every game at {level} level")
     for visit in runs[0].visits[1:]:
         ax.axvline(visit.start_frame, color="0.85", lw=0.8, zorder=0)  # task switches
-    ax.set_ylabel("capped human-normalised sum")
-    ax.set_title("sum over games of min(human-normalised score, 1)")
+    ax.set_ylabel("capped normalised sum")
+    ax.set_title("sum over games of min(normalised score, 1)")
     _millions(ax)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
@@ -128,8 +131,8 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
     ax = fig.add_subplot()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     scales = set(matrix.scales().values())
-    unit = "human-normalised score" if scales == {HUMAN_NORMALIZED} else (
-        "raw score" if HUMAN_NORMALIZED not in scales else "human-normalised (raw where no reference)")
+    unit = "normalised score" if scales == {NORMALIZED} else (
+        "raw score" if NORMALIZED not in scales else "normalised (raw where no reference)")
     fig.colorbar(image, ax=ax, label=unit, shrink=0.9)
     for i, game in enumerate(matrix.trained):
         ax.add_patch(Rectangle((matrix.games.index(game) - 0.5, i + offset - 0.5), 1, 1, fill=False, ec="red", lw=1.6))

@@ -5,20 +5,23 @@ to --out (default: the first RUN_DIR's report/ folder):
 
   scores.png            every game's score over the whole schedule, the periods when that game
                         is trained shaded (paper Fig. 3A); one line per run
-  capped_sum.png        the sum over games of human-normalised scores capped at 1, one line
+  capped_sum.png        the sum over games of normalised scores capped at 1, one line
                         per run (paper Fig. 3B): compare e.g. EWC, no EWC and EWC with true labels
   matrix_<run>.png      the evaluation matrix: after each visit, the score on every game
   training_<run>.png    the training log: episode returns, TD loss, EWC penalty
   report.html           all of the above in one file (images embedded) with the tables
   report.json           per run: the evaluation matrix, the metrics and every evaluation round
 
-Metrics, from the evaluation matrix on human-normalised scores (raw scores for a game without
+Metrics, from the evaluation matrix on normalised scores (raw scores for a game without
 reference scores); see docs/reporting.md for the exact definitions:
   average_final       mean over games of the score after the last visit
   forgetting          per game: its best score after it was first trained minus its final score
   backward_transfer   mean over games of final score minus the score at the end of its last visit
   forward_transfer    mean over games of the score just before its first visit minus the untrained
                       network's score (needs the run's "initial" evaluation round)
+  round_forgetting    the share of a just-learned game's score lost by the end of its round
+and, for MinAtar games, whether each learned in its first visit: its score against random play
+and against the published DQN at the same number of agent steps.
 
 Examples:
   python run.py report runs/smoke
@@ -36,24 +39,28 @@ from typing import Any
 
 from common.errors import UsageError
 from common.results import Progress, write_json_atomic
+from envs.games import family_of
 from reporting.metrics import (
-    HUMAN_NORMALIZED,
+    NORMALIZED,
     RAW,
     EvaluationMatrix,
     build_matrix,
     continual_metrics,
+    first_visit_learning,
 )
-from reporting.runs import RunLog, load_run
+from reporting.runs import RunLog, expand_run_dirs, load_run
 
-SCALE_NAMES = {HUMAN_NORMALIZED: "human-normalised", RAW: "raw"}
-FULL_EPISODE_FRAMES = 108_000  # the 30-minute episodes the human reference scores were measured on
+SCALE_NAMES = {NORMALIZED: "normalised", RAW: "raw"}
+FULL_EPISODE_FRAMES = 108_000  # the 30-minute Atari episodes the human reference scores were measured on
 Analysis = tuple[EvaluationMatrix | None, dict[str, Any] | None]  # a run's matrix and metrics (None: no rows)
-METRIC_NAMES = ("average_final", "average_forgetting", "backward_transfer", "forward_transfer", "final_capped_sum")
+METRIC_NAMES = ("average_final", "average_forgetting", "round_forgetting_relative", "backward_transfer",
+                "forward_transfer", "final_capped_sum")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `run.py train`")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report/ of the first run)")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories of `run.py train`, or folders of runs (a sweep's: every trial)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: report/ in the first RUN_DIR)")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
 
 
@@ -91,8 +98,9 @@ def run_summary(run: RunLog, matrix: EvaluationMatrix | None, metrics: dict[str,
         "eval_max_episode_frames": run.config.eval.max_episode_frames,
         "matrix": None if matrix is None else matrix.to_dict(),
         "metrics": metrics,
+        "learning": {} if matrix is None else first_visit_learning(matrix, run.config.env.frame_skip),
         "rounds": [{"kind": r.kind, "frames": r.frames, "visit_index": r.visit_index, "score": r.scores,
-                    "human_normalized": r.normalized, "capped_sum": r.capped_sum} for r in run.rounds],
+                    "normalized": r.normalized, "capped_sum": r.capped_sum} for r in run.rounds],
         "skipped_lines": run.skipped_lines,
     }
 
@@ -128,7 +136,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def _matrix_table(matrix: EvaluationMatrix) -> str:
-    """Raw scores, human-normalised in brackets; the cell of the game trained in that visit highlighted."""
+    """Raw scores, normalised in brackets; the cell of the game trained in that visit highlighted."""
     head = "<tr><th>after visit</th><th>frames</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in matrix.games) + "</tr>"
 
     def cells(raw, norm, trained: str | None) -> str:
@@ -161,17 +169,32 @@ tr.total td { font-weight: bold; }
 
 DEFINITIONS = """
 <p>Metrics use the evaluation matrix V (row i: every game scored with the weights at the end of
-visit i; K: the last row), on human-normalised scores, or raw scores for a game without reference
+visit i; K: the last row), on normalised scores, or raw scores for a game without reference
 scores. f<sub>j</sub>, l<sub>j</sub>: the first and the last visit of game j up to K; b<sub>j</sub>: the
 untrained network's score.</p>
 <ul>
-<li><b>average final</b>: mean<sub>j</sub> V[K][j]; <b>final capped sum</b>: &Sigma;<sub>j</sub> min(human-normalised V[K][j], 1) (the paper's metric)</li>
+<li><b>average final</b>: mean<sub>j</sub> V[K][j]; <b>final capped sum</b>: &Sigma;<sub>j</sub> min(normalised V[K][j], 1) (the paper's metric)</li>
 <li><b>forgetting</b> of game j: max<sub>f<sub>j</sub> &le; i &lt; K</sub> V[i][j] &minus; V[K][j] (games first trained before visit K)</li>
 <li><b>backward transfer</b>: mean<sub>j</sub> V[K][j] &minus; V[l<sub>j</sub>][j] over games whose last visit is before K (negative: forgetting)</li>
 <li><b>forward transfer</b>: mean<sub>j</sub> V[f<sub>j</sub>&minus;1][j] &minus; b<sub>j</sub> over games first trained after visit 1</li>
+<li><b>round forgetting (relative)</b>: over visits i that other games follow in the same round (one visit per game),
+the mean of V[i][g<sub>i</sub>] &minus; V[r<sub>i</sub>][g<sub>i</sub>] (r<sub>i</sub>: the round's last visit)
+divided by the mean of V[i][g<sub>i</sub>]: the share of a just-learned game lost by the end of its round</li>
 </ul>
 <p>Details: docs/reporting.md.</p>
 """
+
+
+def _learning_table(learning: dict[str, Any]) -> str:
+    head = ("<tr><th>game</th><th>agent steps</th><th>score</th><th>random play</th><th>published DQN at those steps</th>"
+            "<th>score / DQN</th><th>score / random</th></tr>")
+    rows = [
+        f"<tr><td>{html.escape(game)}</td><td>{entry['steps']:,}</td><td>{_fmt(entry['score'])}</td>"
+        f"<td>{_fmt(entry['random'])}</td><td>{_fmt(entry['published_dqn'])}</td>"
+        f"<td>{_fmt(entry['of_published'])}</td><td>{_fmt(entry['of_random'])}</td></tr>"
+        for game, entry in learning.items()
+    ]
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], analyses: Sequence[Analysis],
@@ -179,7 +202,7 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
     """The report page: summary table, shared figures, then each run's metrics, matrix and figures."""
     names = ", ".join(html.escape(run.name) for run in runs)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report: {names}</title>"
-             f"<style>{STYLE}</style></head><body><h1>Continual Atari report: {names}</h1>"]
+             f"<style>{STYLE}</style></head><body><h1>Continual-learning report: {names}</h1>"]
     parts.append("<h2>Runs</h2><table><tr><th>run</th><th>directory</th><th>games</th><th>visits</th><th>EWC</th>"
                  "<th>task ids</th><th>frames evaluated</th>"
                  + "".join(f"<th>{name.replace('_', ' ')}</th>" for name in METRIC_NAMES) + "</tr>")
@@ -193,20 +216,23 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
             + "".join(f"<td>{_fmt(metrics.get(name))}</td>" for name in METRIC_NAMES) + "</tr>"
         )
     parts.append("</table>")
-    capped = [run.name for run in runs if run.config.eval.max_episode_frames < FULL_EPISODE_FRAMES]
+    capped = [run.name for run in runs if run.config.eval.max_episode_frames < FULL_EPISODE_FRAMES
+              and any(family_of(game).name == "atari" for game in run.games)]
     if capped:
         parts.append(f"<p><b>Note:</b> {html.escape(', '.join(capped))} cut evaluation episodes short "
                      "(eval.max_episode_frames below 108,000): a cut-off game scores differently from a full "
-                     "one, so its human-normalised scores are not comparable with the paper's.</p>")
+                     "one, so its normalised scores are not comparable with the paper's.</p>")
     parts.append("<h2>Score of every game over training (Fig. 3A)</h2>" + _image(figures["scores"], "scores"))
-    parts.append("<h2>Capped human-normalised sum (Fig. 3B)</h2>" + _image(figures["capped_sum"], "capped sum"))
-    for run, (matrix, metrics), own in zip(runs, analyses, run_figures):
+    parts.append("<h2>Capped normalised sum (Fig. 3B)</h2>" + _image(figures["capped_sum"], "capped sum"))
+    for run, summary, (matrix, metrics), own in zip(runs, summaries, analyses, run_figures):
         parts.append(f"<h2>Run {html.escape(run.name)}</h2>")
         if matrix is None:
             parts.append("<p>No evaluation round at the end of a visit yet: no matrix, no metrics.</p>")
         else:
             parts.append("<h3>Continual-learning metrics</h3>" + _metrics_table(metrics))
-            parts.append("<h3>Evaluation matrix</h3><p>Raw score (human-normalised in brackets); "
+            if summary["learning"]:
+                parts.append("<h3>Did each game learn in its first visit?</h3>" + _learning_table(summary["learning"]))
+            parts.append("<h3>Evaluation matrix</h3><p>Raw score (normalised in brackets); "
                          "the game trained in that visit is highlighted.</p>" + _matrix_table(matrix))
             parts.append(_image(own["matrix"], f"evaluation matrix of {run.name}"))
         if "training" in own:
@@ -236,11 +262,12 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *
     from reporting import plots
 
     progress = progress or Progress(quiet=True)
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "report"
+    run_dirs = expand_run_dirs(list(run_dirs))
     resolved = [Path(d).resolve() for d in run_dirs]
     if len(set(resolved)) != len(resolved):
         raise UsageError("a RUN_DIR is given twice")
     runs = [load_run(d) for d in run_dirs]
-    out = Path(out) if out is not None else Path(run_dirs[0]) / "report"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     for run in runs:

@@ -133,3 +133,17 @@ def load_run(run_dir: str | Path) -> RunLog:
         training=training,
         skipped_lines=skipped,
     )
+
+
+def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run directories, with a folder of runs (e.g. a sweep's) replaced by the runs found under it."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir() or (path / CONFIG_FILE).is_file():
+            out.append(path)  # a run directory, or a missing one: load_run says what is wrong
+            continue
+        found = sorted(config.parent for config in path.glob(f"**/{CONFIG_FILE}") if (config.parent / EVAL_FILE).is_file())
+        if not found:
+            raise UsageError(f"{str(path)!r} is neither a run directory (no {CONFIG_FILE}) nor a folder of runs")
+        out.extend(found)
+    return out

@@ -1,6 +1,7 @@
 """The layer diagram: which package may import which. Imports run downwards only.
 
     run.py                       the commands, imported by name when one runs
+    tuning                       sweeps of whole training runs on Ray Tune, ranked with the report's metrics
     reporting  perf  experiments what users run on top: reports, benchmarks, the paper's supervised experiments
     training                     the distribution layer: config, schedule, task ids, Ray actors, the trainer
     agents                       the DQN agent: networks, losses, Fisher, learner, actor; replay, optimiser
@@ -25,6 +26,7 @@ ALLOWED = {
     "reporting": {"common", "ewc", "envs", "agents", "training"},
     "experiments": {"common", "ewc"},
     "perf": {"common", "ewc", "envs", "fmn", "agents", "training", "experiments"},
+    "tuning": {"common", "envs", "agents", "training", "reporting"},
 }
 
 

@@ -23,7 +23,8 @@ import yaml
 from agents.dqn.config import DQNConfig
 from agents.epsilon import EpsilonConfig
 from common.errors import UsageError
-from envs.atari import AtariSettings
+from envs.games import check_settings, resolve_game, schedule_family
+from envs.settings import EnvSettings
 from fmn import FMNConfig
 
 
@@ -75,7 +76,7 @@ class RunConfig:
     task_inference: Literal["schedule", "fmn"] = "schedule"  # fmn: task ids inferred from frames
     fmn: FMNConfig = field(default_factory=FMNConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    env: AtariSettings = field(default_factory=AtariSettings)
+    env: EnvSettings = field(default_factory=EnvSettings)
     agent: DQNConfig = field(default_factory=DQNConfig)
     epsilon: EpsilonConfig = field(default_factory=EpsilonConfig)
     actors: ActorsConfig = field(default_factory=ActorsConfig)
@@ -96,7 +97,7 @@ _POSITIVE = {
     "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "fmn.window", "fmn.observe_every",
     "fmn.downscale", "fmn.levels", "fmn.prior", "actors.num_env_actors",
     "actors.envs_per_actor", "actors.chunk_steps", "actors.weight_sync_updates", "actors.cpus_per_actor",
-    "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s",
+    "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s", "agent.network.frame_stack",
     "logging.checkpoint_every_s", "logging.keep_checkpoints", "agent.max_nonfinite_in_a_row",
 }
 _NON_NEGATIVE = {
@@ -199,24 +200,18 @@ def _check_range(path: str, value: Any) -> None:
         raise UsageError(f"config key {path!r} must lie in [0, 1], got {value!r}")
 
 
-def _get(config: Any, path: str) -> Any:
-    for part in path.split("."):
-        config = getattr(config, part)
-    return config
-
-
 def _check_ranges(config: RunConfig) -> None:
     """Checks that involve several keys (single values were checked while building)."""
     agent, network = config.agent, config.agent.network
     if not config.games:
         raise UsageError("config key 'games' must list at least one game")
-    if min(network.channels) <= 0:
-        raise UsageError(f"config key 'agent.network.channels' must be positive, got {list(network.channels)}")
-    fixed = {"agent.network.frame_size": 84, "agent.network.frame_stack": 4, "agent.network.num_actions": 18,
-             "env.full_action_space": True}
-    for path, value in fixed.items():
-        if _get(config, path) != value:
-            raise UsageError(f"config key {path!r} must be {value!r} (the preprocessing and the full ALE action set fix it)")
+    for key in ("channels", "kernels", "strides"):
+        if min(getattr(network, key), default=1) <= 0:
+            raise UsageError(f"config key 'agent.network.{key}' must be positive, got {list(getattr(network, key))}")
+    try:
+        network.feature_side()
+    except UsageError as err:
+        raise UsageError(f"config section 'agent.network': {err}") from None
     if agent.batch_size > agent.replay_capacity:
         raise UsageError(
             f"agent.batch_size ({agent.batch_size}) is larger than agent.replay_capacity ({agent.replay_capacity})"
@@ -241,7 +236,7 @@ def _check_ranges(config: RunConfig) -> None:
         from fmn import ForgetMeNot
 
         try:
-            ForgetMeNot.from_config(config.fmn)
+            ForgetMeNot.from_config(config.fmn, network.frame_shape)
         except UsageError as err:
             raise UsageError(f"config section 'fmn': {err}") from None
     if not config.run_name or "/" in config.run_name:
@@ -249,11 +244,18 @@ def _check_ranges(config: RunConfig) -> None:
 
 
 def _resolve_games(config: RunConfig) -> RunConfig:
-    from envs.atari import resolve_game  # raises UsageError with close matches
-
-    games = tuple(resolve_game(game) for game in config.games)
+    games = tuple(resolve_game(game) for game in config.games)  # UsageError with close matches
     if len(set(games)) != len(games):
         raise UsageError(f"config key 'games' lists a game twice: {list(games)}")
+    family = schedule_family(games)
+    check_settings(family, config.env)
+    network = config.agent.network
+    if tuple(network.frame_shape) != family.frame_shape:
+        raise UsageError(f"config key 'agent.network.frame_shape' must be {list(family.frame_shape)} for "
+                         f"{family.name} games (their frames), got {list(network.frame_shape)}")
+    if network.num_actions != family.num_actions:
+        raise UsageError(f"config key 'agent.network.num_actions' must be {family.num_actions} for {family.name} "
+                         f"games (their full action set), got {network.num_actions}")
     max_tasks = config.agent.network.max_tasks
     if len(games) > max_tasks:
         raise UsageError(f"{len(games)} games need agent.network.max_tasks >= {len(games)}, got {max_tasks}")
@@ -266,7 +268,9 @@ def _check_memory(config: RunConfig) -> None:
 
     from agents.replay import FrameReplay
 
-    per_transition = FrameReplay(capacity=5).bytes_per_transition  # the real layout, measured on a tiny buffer
+    network = config.agent.network
+    # the real layout, measured on a tiny buffer
+    per_transition = FrameReplay(5, network.frame_shape, network.frame_stack).bytes_per_transition
     needed = per_transition * config.agent.replay_capacity * len(config.games)
     try:
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

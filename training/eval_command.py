@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on Atari games: raw score, human-normalised score, capped sum.
+"""Evaluate a checkpoint on its games: raw score, normalised score, capped sum.
 
 Examples:
   python run.py eval --checkpoint runs/smoke --json eval.json
@@ -6,7 +6,7 @@ Examples:
 
 CHECKPOINT may be a checkpoint file, a run directory or its checkpoints/ directory (the newest
 readable checkpoint is used). Each game is played with its own task's gains and biases; the
-capped sum is the paper's metric: the sum over games of human-normalised scores capped at 1.
+capped sum is the paper's metric: the sum over games of normalised scores capped at 1.
 Runs in this process, without Ray.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 
 from common.errors import UsageError
 from common.results import write_json_atomic
-from envs.atari import resolve_game
-from envs.scores import capped_sum, human_normalized
+from envs import scores
+from envs.games import resolve_game
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,21 +50,21 @@ def main(args: argparse.Namespace) -> int:
     runner.set_weights(trained.weights)
     results, normalized = {}, {}
     for game in games:
-        scores = runner.evaluate(game, task_ids[game], episodes, epsilon, max_frames)
-        mean = sum(scores) / len(scores)
-        normalized[game] = human_normalized(game, mean)
-        results[game] = {"task": task_ids[game], "scores": scores, "score": mean, "human_normalized": normalized[game]}
+        played = runner.evaluate(game, task_ids[game], episodes, epsilon, max_frames)
+        mean = sum(played) / len(played)
+        normalized[game] = scores.normalized(game, mean)
+        results[game] = {"task": task_ids[game], "scores": played, "score": mean, "normalized": normalized[game]}
         if not args.quiet:
             norm = "n/a" if normalized[game] is None else f"{normalized[game]:.3f}"
-            print(f"{game}: score {mean:.1f} over {episodes} episode(s), human-normalised {norm}", file=sys.stderr)
+            print(f"{game}: score {mean:.1f} over {episodes} episode(s), normalised {norm}", file=sys.stderr)
     output = {
         "checkpoint": str(trained.path),
         "frames": trained.frames,
         "games": results,
-        "capped_sum": capped_sum(normalized),
+        "capped_sum": scores.capped_sum(normalized),
         "config": {"episodes": episodes, "epsilon": epsilon, "max_episode_frames": max_frames, "seed": args.seed},
     }
     write_json_atomic(args.json, output)
     if not args.quiet:
-        print(f"capped human-normalised sum: {output['capped_sum']:.3f} -> {args.json}", file=sys.stderr)
+        print(f"capped normalised sum: {output['capped_sum']:.3f} -> {args.json}", file=sys.stderr)
     return 0

@@ -27,7 +27,7 @@ import yaml
 
 from agents.epsilon import TaskEpsilon
 from common.errors import RunAborted, UsageError
-from envs.scores import capped_sum, human_normalized
+from envs import scores
 from training import checkpoint, records
 from training.actors import ConsolidationActor, EnvActor, LearnerActor
 from training.config import RunConfig, config_to_dict
@@ -38,6 +38,8 @@ from training.task_ids import make_task_ids
 MAX_TRAIN_CALLS_IN_FLIGHT = 2  # keeps the learner busy while the driver handles the previous slice
 UPDATES_PER_SLICE = 16
 NEVER = 2**62  # a frame count no run reaches
+LEARNER_NODE, ENV_NODE = "learner_node", "env_node"  # custom resources of the node types in deploy/
+NODE_SHARE = 0.001  # what an actor asks of such a resource: any number of actors fit on one node
 
 
 @dataclass
@@ -165,13 +167,16 @@ class Trainer:
                 "actors.num_env_actors or actors.cpus_per_actor, or add nodes"
             )
         self.device = device
+        # Node types made for a role (deploy/: custom resources `learner_node`, `env_node`) get it.
+        learner_node = {LEARNER_NODE: NODE_SHARE} if resources.get(LEARNER_NODE) else {}
+        env_node = {ENV_NODE: NODE_SHARE} if resources.get(ENV_NODE) else {}
         self.learner = LearnerActor.options(
-            num_cpus=cfg.actors.learner_cpus, num_gpus=1 if device == "cuda" else 0
+            num_cpus=cfg.actors.learner_cpus, num_gpus=1 if device == "cuda" else 0, resources=learner_node
         ).remote(cfg, device, cfg.actors.learner_threads)
         self.consolidator = ConsolidationActor.options(num_cpus=0).remote(cfg, "cpu")
         strategy = "SPREAD" if cfg.actors.placement == "spread" else "DEFAULT"
         self.actors = [
-            EnvActor.options(num_cpus=cfg.actors.cpus_per_actor, scheduling_strategy=strategy).remote(
+            EnvActor.options(num_cpus=cfg.actors.cpus_per_actor, scheduling_strategy=strategy, resources=env_node).remote(
                 i, cfg.actors.envs_per_actor, cfg.agent.network, cfg.env, seed=cfg.seed
             )
             for i in range(cfg.actors.num_env_actors)
@@ -180,6 +185,7 @@ class Trainer:
         self.evaluator = EnvActor.options(num_cpus=0).remote(len(self.actors), 1, cfg.agent.network, cfg.env, seed=cfg.seed)
         where = {
             "learner": self.learner.where.remote(),
+            "evaluator": self.evaluator.where.remote(),
             "consolidation": self.consolidator.where.remote(),
             **{f"env_actor_{i}": a.where.remote() for i, a in enumerate(self.actors)},
         }
@@ -516,19 +522,21 @@ class Trainer:
 
     def _on_eval(self, pending: PendingEval) -> None:
         frame = pending.frames
-        scores = {game: sum(values) / len(values) for game, values in pending.scores.items()}
-        normalized = {game: human_normalized(game, score) for game, score in scores.items()}
-        evaluation = records.EvalRound(pending.kind, frame, pending.visit_index, scores, normalized,
-                                       capped_sum(normalized), episodes=pending.scores)
-        for game, score in scores.items():
+        means = {game: sum(values) / len(values) for game, values in pending.scores.items()}
+        normalized = {game: scores.normalized(game, score) for game, score in means.items()}
+        evaluation = records.EvalRound(pending.kind, frame, pending.visit_index, means, normalized,
+                                       scores.capped_sum(normalized), episodes=pending.scores)
+        for game, score in means.items():
             self.writer.add_scalar(f"eval/{game}/score", score, frame)
             if normalized[game] is not None:
-                self.writer.add_scalar(f"eval/{game}/human_normalized", normalized[game], frame)
-        self.writer.add_scalar("eval/capped_human_normalized_sum", evaluation.capped_sum, frame)
+                self.writer.add_scalar(f"eval/{game}/normalized", normalized[game], frame)
+        self.writer.add_scalar("eval/capped_normalized_sum", evaluation.capped_sum, frame)
         self.eval_file.write(json.dumps(evaluation.to_json()) + "\n")
         self.eval_file.flush()
         self.last_eval = evaluation
-        summary = ", ".join(f"{g} {v:.1f}" for g, v in scores.items())
+        for hook in self.hooks:
+            hook.after_eval(self, evaluation)
+        summary = ", ".join(f"{g} {v:.1f}" for g, v in means.items())
         self.say(f"eval ({pending.kind}) at {frame:,} frames: {summary} "
                  f"(capped normalised sum {evaluation.capped_sum:.2f})")
 
@@ -564,9 +572,9 @@ class Trainer:
         step, w = self.counters.frames, self.writer
         for g, value in returns.items():
             w.add_scalar(f"episode_return/{g}", value, step)
-            normalized = human_normalized(g, value)
+            normalized = scores.normalized(g, value)
             if normalized is not None:
-                w.add_scalar(f"human_normalized/{g}", normalized, step)
+                w.add_scalar(f"normalized/{g}", normalized, step)
         for key in ("loss", "td_error", "ewc_penalty", "q_mean"):
             if getattr(line, key) is not None:
                 w.add_scalar(f"train/{key}", getattr(line, key), step)

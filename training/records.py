@@ -64,13 +64,13 @@ class EvalRound:
     frames: int
     visit_index: int
     scores: dict[str, float]  # mean raw score per game
-    normalized: dict[str, float | None]  # human-normalised score per game (None: no reference scores)
+    normalized: dict[str, float | None]  # normalised score per game (None: no reference scores)
     capped_sum: float | None  # the paper's metric: sum of normalised scores capped at 1; None when a line lacks it
     episodes: dict[str, list[float]] | None = None  # raw score of every episode played
 
     def to_json(self) -> dict[str, Any]:
         games = {
-            game: {"score": score, "human_normalized": self.normalized.get(game),
+            game: {"score": score, "normalized": self.normalized.get(game),
                    "episodes": (self.episodes or {}).get(game, [])}
             for game, score in self.scores.items()
         }
@@ -88,7 +88,7 @@ class EvalRound:
             score = _finite(entry.get("score")) if isinstance(entry, dict) else None
             if score is not None:
                 scores[game] = score
-                normalized[game] = _finite(entry.get("human_normalized"))
+                normalized[game] = _finite(entry.get("normalized"))
         return cls(
             kind=str(record["kind"]),
             frames=record["frames"],

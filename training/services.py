@@ -39,8 +39,10 @@ class LearnerService:
         self.config = config
         agent = config.agent
         self.learner = Learner(agent, device=device, seed=config.seed, compile_step=config.actors.learner_compile)
-        self.replay = TaskReplay(agent.replay_capacity, max_tasks=agent.network.max_tasks, seed=config.seed)
-        self.fmn = ForgetMeNot.from_config(config.fmn) if config.task_inference == "fmn" else None
+        network = agent.network
+        self.replay = TaskReplay(agent.replay_capacity, max_tasks=network.max_tasks, frame_shape=network.frame_shape,
+                                 stack=network.frame_stack, seed=config.seed)
+        self.fmn = ForgetMeNot.from_config(config.fmn, network.frame_shape) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
         self.task_updates: dict[int, int] = {}  # updates trained per task
         self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed

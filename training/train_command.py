@@ -1,13 +1,15 @@
-"""Train one Double-DQN agent with EWC on a schedule of Atari games, on Ray.
+"""Train one Double-DQN agent with EWC on a schedule of Atari or MinAtar games, on Ray.
 
 Examples:
+  python run.py train --config configs/minatar_quick.yaml             # MinAtar, a few minutes on 2 cores
   python run.py train --config configs/smoke.yaml
   python run.py train --config configs/paper.yaml --set agent.ewc_lambda=100 --logdir runs
   python run.py train --config configs/paper.yaml --address auto      # join a running Ray cluster
   python run.py train --resume runs/paper                              # continue after a crash or a kill
 
 Writes to LOGDIR/<run_name>/: config.yaml (resolved), metrics.jsonl, eval.jsonl, TensorBoard
-event files (tensorboard --logdir LOGDIR), checkpoints/ and summary.json.
+event files (tensorboard --logdir LOGDIR), checkpoints/ and summary.json, and at the end the
+report (`run.py report`: plots, continual-learning metrics, HTML) in report/ unless --no-report.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config entry, e.g. --set agent.ewc_lambda=100 (repeatable)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray instance")
-    parser.add_argument("--logdir", default="runs", help="parent directory of the run directory (default: runs)")
+    parser.add_argument("--logdir", default="runs",
+                        help="parent directory of the run directory (default: runs; in a Ray job: ~/runs)")
     parser.add_argument("--stop-after-s", type=float, default=None, metavar="SECONDS",
                         help="stop cleanly (checkpoint and summary written) after this much wall time")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -42,6 +45,15 @@ def new_run_dir(logdir: Path, name: str) -> Path:
     return candidate
 
 
+def resolve_logdir(logdir: str) -> Path:
+    """LOGDIR; inside a Ray job a relative one is taken from the home directory, not from the job's
+    temporary copy of the working directory (which Ray deletes with the session)."""
+    path = Path(logdir).expanduser()
+    if not path.is_absolute() and os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        return Path.home() / path
+    return path
+
+
 def init_ray(address: str | None) -> None:
     import ray
 
@@ -50,12 +62,22 @@ def init_ray(address: str | None) -> None:
     # bottleneck); normal priority for the workers of a local instance (a cluster's nodes set their own).
     os.environ.setdefault("RAY_worker_niceness", "0")
     try:
-        if address:
+        if address or os.environ.get("RAY_ADDRESS"):  # a cluster given, or set for us (a Ray job)
             ray.init(address=address, logging_level="warning")
         else:
             ray.init(include_dashboard=False, logging_level="warning")
-    except ConnectionError as err:
-        raise UsageError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UsageError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r}: "
+                         f"{cluster_error(err)}") from None
+
+
+def cluster_error(err: Exception) -> str:
+    """A Ray connection error in one line, with what to do about an authentication mismatch."""
+    text = " ".join(str(err).split())
+    if any(word in text for word in ("InvalidAuthToken", "Authentication", "auth token", "UNAUTHENTICATED")):
+        return (f"{text[:300]} -- the cluster uses token authentication and this process's token does not match: "
+                "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token) to the head's token")
+    return text[:500]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
 
     from training import checkpoint, records
     from training.config import apply_overrides, config_from_dict
-    from training.hooks import TimeLimit
+    from training.hooks import StopOnSignal, TimeLimit
     from training.loop import Trainer
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
@@ -80,13 +102,18 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_dict(apply_overrides(resume_state["config"], args.overrides))
     else:
         config = load_config(args.config, args.overrides)
-        run_dir = new_run_dir(Path(args.logdir), config.run_name)
+        run_dir = new_run_dir(resolve_logdir(args.logdir), config.run_name)
+    args.run_dir = run_dir  # for whoever runs a command after this one (run.py: the report)
     init_ray(args.address)
     try:
-        hooks = [] if args.stop_after_s is None else [TimeLimit(args.stop_after_s)]
+        signals = StopOnSignal()
+        hooks = [signals] + ([] if args.stop_after_s is None else [TimeLimit(args.stop_after_s)])
         trainer = Trainer(config, run_dir, quiet=args.quiet, hooks=hooks)
         trainer.say(f"run directory {run_dir}")
         trainer.run(resume_state)
+        if signals.received:  # stopped from outside: be quick (ray job stop waits only seconds); report later
+            args.report = False
+            trainer.say(f"continue with: python run.py train --resume {run_dir}")
     finally:
         ray.shutdown()
     return 0

@@ -6,6 +6,7 @@ It keeps a frame stack per environment for acting, and ships what it saw as
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -14,7 +15,8 @@ import torch
 
 from agents.dqn.networks import NetworkConfig, QNetwork
 from agents.replay import ChunkBuilder, FrameStack, TransitionChunk
-from envs.atari import FRAME_SHAPE, AtariSettings, make_atari_env
+from envs.games import make_env
+from envs.settings import EnvSettings
 
 
 @dataclass
@@ -38,7 +40,7 @@ class EnvRunner:
         actor_id: int,
         num_envs: int,
         network: NetworkConfig,
-        settings: AtariSettings = AtariSettings(),
+        settings: EnvSettings = EnvSettings(),
         *,
         seed: int = 0,
         device: str = "cpu",
@@ -79,9 +81,9 @@ class EnvRunner:
         self.game = game
         self._visit += 1
         seeds = self.rng.integers(0, 2**31 - 1, size=self.num_envs)
-        self._envs = [make_atari_env(game, seed=int(s), settings=self.settings) for s in seeds]
-        self._stacks = [FrameStack(4, FRAME_SHAPE) for _ in self._envs]
-        self._builders = [ChunkBuilder(FRAME_SHAPE) for _ in self._envs]
+        self._envs = [make_env(game, seed=int(s), settings=self.settings) for s in seeds]
+        self._stacks = [self._new_stack() for _ in self._envs]
+        self._builders = [ChunkBuilder(self.net.config.frame_shape) for _ in self._envs]
         states = []
         for i, env in enumerate(self._envs):
             frame, _ = env.reset()
@@ -90,6 +92,9 @@ class EnvRunner:
         self._states = np.stack(states)
         self._returns[:] = 0
         self._frames[:] = 0
+
+    def _new_stack(self) -> FrameStack:
+        return FrameStack(self.net.config.frame_stack, self.net.config.frame_shape)
 
     @torch.no_grad()
     def act(self, states: np.ndarray, epsilon: float) -> np.ndarray:
@@ -137,9 +142,9 @@ class EnvRunner:
 
     def evaluate(self, game: str, task: int, episodes: int, epsilon: float, max_episode_frames: int) -> list[float]:
         """Raw scores of `episodes` full episodes of `game` (separate environment; training state untouched)."""
-        settings = AtariSettings(**{**self.settings.__dict__, "max_episode_frames": max_episode_frames})
-        env = make_atari_env(game, seed=int(self.rng.integers(0, 2**31 - 1)), settings=settings)
-        stack = FrameStack(4, FRAME_SHAPE)
+        settings = dataclasses.replace(self.settings, max_episode_frames=max_episode_frames)
+        env = make_env(game, seed=int(self.rng.integers(0, 2**31 - 1)), settings=settings)
+        stack = self._new_stack()
         previous_task = self.net.task
         self.net.set_task(task)
         scores = []

@@ -6,9 +6,13 @@ b (initialised 0) and gains g (initialised 1) per layer. The shared layers are p
 `nn.Conv2d` / `nn.Linear` modules with `bias=False`, so Fisher code that recognises those
 layer types (the closed-form path of `ewc.diagonal_fisher`) applies to them unchanged.
 
-Paper shape: conv 32 8x8 stride 4, conv 64 4x4 stride 2, conv 128 3x3 stride 1, FC 1024,
-18 actions, ReLU in between; 6,555,648 shared weights (6.56M) plus 2 x 1,266 task-specific
-parameters per task. Channels and the hidden width are configurable for small smoke runs.
+Shape: convolutions (`channels`, `kernels`, `strides`, unpadded, ReLU), one hidden fully
+connected layer, one output per action. The paper's Atari network: conv 32 8x8 stride 4,
+conv 64 4x4 stride 2, conv 128 3x3 stride 1, FC 1024, 18 actions; 6,555,648 shared weights
+plus 2 x 1,266 task-specific parameters per task. MinAtar's reference network: one conv 16
+3x3 stride 1, FC 128, 6 actions. Inputs are stacks of uint8 frames: `frame_stack` frames of
+`frame_shape`, (H, W) for grey screens or (C, H, W) for channel grids, fed as
+`frame_stack * C` input channels.
 
 The task used by `forward` is an attribute (`set_task`), so `model(inputs)` works for
 code that only knows the generic `model(x) -> logits` interface (e.g. `diagonal_fisher`).
@@ -23,20 +27,38 @@ from torch import Tensor, nn
 
 from common.errors import UsageError
 
-# (kernel, stride) of the three convolutions, fixed by the paper; only their widths are configurable.
-CONV_GEOMETRY: tuple[tuple[int, int], ...] = ((8, 4), (4, 2), (3, 1))
-
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Shape of the Q-network; defaults are the paper's."""
+    """Shape of the Q-network; defaults are the paper's Atari network."""
 
     num_actions: int = 18  # the full ALE action set
-    channels: tuple[int, int, int] = (32, 64, 128)
+    channels: tuple[int, ...] = (32, 64, 128)  # one entry per convolution
+    kernels: tuple[int, ...] = (8, 4, 3)
+    strides: tuple[int, ...] = (4, 2, 1)
     hidden: int = 1024
-    max_tasks: int = 32  # rows preallocated for per-task biases/gains; ~2.5k parameters each
+    max_tasks: int = 32  # rows preallocated for per-task biases/gains
     frame_stack: int = 4
-    frame_size: int = 84
+    frame_shape: tuple[int, ...] = (84, 84)  # one frame: (H, W) or (C, H, W)
+
+    @property
+    def input_channels(self) -> int:
+        return self.frame_stack * (self.frame_shape[0] if len(self.frame_shape) == 3 else 1)
+
+    def feature_side(self) -> tuple[int, int]:
+        """Height and width after the convolutions; UsageError if the frame is too small for them."""
+        if not len(self.channels) == len(self.kernels) == len(self.strides) or not self.channels:
+            raise UsageError(f"channels, kernels and strides must list one entry per convolution, got "
+                             f"{list(self.channels)}, {list(self.kernels)}, {list(self.strides)}")
+        if len(self.frame_shape) not in (2, 3):
+            raise UsageError(f"frame_shape must be (H, W) or (C, H, W), got {list(self.frame_shape)}")
+        height, width = self.frame_shape[-2:]
+        for kernel, stride in zip(self.kernels, self.strides):
+            height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        if height < 1 or width < 1:
+            raise UsageError(f"frames of {list(self.frame_shape)} are too small for kernels {list(self.kernels)} "
+                             f"and strides {list(self.strides)}")
+        return height, width
 
 
 class TaskAffine(nn.Module):
@@ -54,31 +76,21 @@ class TaskAffine(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Q(s, .) for stacked uint8 frames (N, stack, size, size); scaled to [0, 1] inside."""
+    """Q(s, .) for stacked uint8 frames (N, frame_stack, *frame_shape); scaled to [0, 1] inside."""
 
     def __init__(self, config: NetworkConfig = NetworkConfig()):
         super().__init__()
-        if len(config.channels) != len(CONV_GEOMETRY):
-            raise UsageError(f"channels must list {len(CONV_GEOMETRY)} widths, got {config.channels}")
-        if config.max_tasks < 1 or config.num_actions < 1 or config.hidden < 1:
-            raise UsageError(f"max_tasks, num_actions and hidden must be positive: {config}")
+        if config.max_tasks < 1 or config.num_actions < 1 or config.hidden < 1 or config.frame_stack < 1:
+            raise UsageError(f"max_tasks, num_actions, hidden and frame_stack must be positive: {config}")
         self.config = config
-        c1, c2, c3 = config.channels
-        (k1, s1), (k2, s2), (k3, s3) = CONV_GEOMETRY
-        side = config.frame_size
-        for kernel, stride in CONV_GEOMETRY:
-            side = (side - kernel) // stride + 1
-        if side < 1:
-            raise UsageError(f"frame_size {config.frame_size} is too small for the paper's convolutions")
-        tasks = config.max_tasks
-
-        self.conv1 = nn.Conv2d(config.frame_stack, c1, k1, stride=s1, bias=False)
-        self.conv1_task = TaskAffine(c1, tasks)
-        self.conv2 = nn.Conv2d(c1, c2, k2, stride=s2, bias=False)
-        self.conv2_task = TaskAffine(c2, tasks)
-        self.conv3 = nn.Conv2d(c2, c3, k3, stride=s3, bias=False)
-        self.conv3_task = TaskAffine(c3, tasks)
-        self.fc = nn.Linear(c3 * side * side, config.hidden, bias=False)
+        height, width = config.feature_side()
+        tasks, width_in = config.max_tasks, config.input_channels
+        self.num_convs = len(config.channels)
+        for i, (out, kernel, stride) in enumerate(zip(config.channels, config.kernels, config.strides), start=1):
+            self.add_module(f"conv{i}", nn.Conv2d(width_in, out, kernel, stride=stride, bias=False))
+            self.add_module(f"conv{i}_task", TaskAffine(out, tasks))
+            width_in = out
+        self.fc = nn.Linear(width_in * height * width, config.hidden, bias=False)
         self.fc_task = TaskAffine(config.hidden, tasks)
         self.out = nn.Linear(config.hidden, config.num_actions, bias=False)
         self.out_task = TaskAffine(config.num_actions, tasks)
@@ -92,17 +104,17 @@ class QNetwork(nn.Module):
         """Q-values (N, num_actions). `task`: an int, a (N,) integer tensor, or None for `self.task`."""
         self._check_frames(frames)
         task = self.task if task is None else self._checked_task(task)
-        x = frames.float() / 255.0
-        x = F.relu(self.conv1_task(self.conv1(x), task))
-        x = F.relu(self.conv2_task(self.conv2(x), task))
-        x = F.relu(self.conv3_task(self.conv3(x), task))
+        cfg = self.config
+        x = (frames.float() / 255.0).reshape(len(frames), cfg.input_channels, *cfg.frame_shape[-2:])
+        for i in range(1, self.num_convs + 1):
+            x = F.relu(getattr(self, f"conv{i}_task")(getattr(self, f"conv{i}")(x), task))
         x = F.relu(self.fc_task(self.fc(x.flatten(1)), task))
         return self.out_task(self.out(x), task)
 
     def _check_frames(self, frames: Tensor) -> None:
         cfg = self.config
-        expected = (cfg.frame_stack, cfg.frame_size, cfg.frame_size)
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != expected:
+        expected = (cfg.frame_stack, *cfg.frame_shape)
+        if frames.dtype != torch.uint8 or frames.ndim != 2 + len(cfg.frame_shape) or tuple(frames.shape[1:]) != expected:
             raise UsageError(
                 f"QNetwork expects uint8 frames shaped (N, {', '.join(map(str, expected))}), "
                 f"got {frames.dtype} {tuple(frames.shape)}"

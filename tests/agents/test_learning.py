@@ -417,7 +417,7 @@ def test_rmsprop_takes_dopamines_dqn_step_about_3x_torchs():
     Dopamine's DQN (TF RMSProp: decay 0.95, eps 1e-5 inside the root, batch-mean loss) steps by
     lr g / sqrt(v + eps); torch's RMSprop with DQN's eps 0.01 outside the root by lr g / (sqrt(v) + 0.01).
     """
-    from envs.atari import random_policy_frames
+    from envs.games import random_policy_frames
 
     config = DQNConfig(network=NetworkConfig(max_tasks=2), max_grad_norm=1e9)
     frames = random_policy_frames("Pong", 40, seed=0)

@@ -18,7 +18,7 @@ SMALL = NetworkConfig(channels=(4, 8, 8), hidden=16, max_tasks=3, num_actions=5)
 
 def frames(n: int, config: NetworkConfig = SMALL, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    shape = (n, config.frame_stack, config.frame_size, config.frame_size)
+    shape = (n, config.frame_stack, *config.frame_shape)
     return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
 
 

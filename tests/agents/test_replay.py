@@ -19,7 +19,8 @@ from agents.replay import (
     TransitionChunk,
 )
 from common.errors import UsageError
-from envs.atari import AtariSettings, make_atari_env
+from envs.atari import make_atari_env
+from envs.settings import EnvSettings
 
 STACK = 4
 FRAME = (84, 84)
@@ -28,7 +29,7 @@ FRAME = (84, 84)
 @pytest.fixture(scope="module")
 def pong_episodes() -> list[dict]:
     """Five short episodes of random-policy Pong (time-limited to 800 frames, ~200 agent steps)."""
-    env = make_atari_env("Pong", seed=0, settings=AtariSettings(max_episode_frames=800))
+    env = make_atari_env("Pong", seed=0, settings=EnvSettings(max_episode_frames=800))
     rng = np.random.default_rng(0)
     episodes = []
     for _ in range(5):

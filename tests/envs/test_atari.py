@@ -15,11 +15,11 @@ import pytest
 from common.errors import UsageError
 from envs.atari import (
     FRAME_SHAPE,
-    AtariSettings,
     make_atari_env,
-    random_policy_frames,
     resolve_game,
 )
+from envs.games import random_policy_frames
+from envs.settings import EnvSettings
 
 
 def reference_env(game: str, seed: int) -> gym.Env:
@@ -34,7 +34,7 @@ def reference_env(game: str, seed: int) -> gym.Env:
 
 @pytest.mark.parametrize("game", ["Breakout", "Pong"])
 def test_frames_rewards_and_lives_match_the_raw_emulator(game):
-    settings = AtariSettings(noop_max=0)  # no random no-ops, so both streams stay in lockstep
+    settings = EnvSettings(noop_max=0)  # no random no-ops, so both streams stay in lockstep
     ours = make_atari_env(game, seed=3, settings=settings)
     reference = reference_env(game, seed=3)
     ale = reference.unwrapped.ale

@@ -1,9 +1,18 @@
-"""A two-node Ray cluster on this machine (`ray start --head` plus a worker node) runs a short training job
-with actors on both nodes. Only the processes this test started are torn down (never `ray stop`)."""
+"""Real Ray clusters on this machine, with token authentication on (Ray's default):
+
+- two nodes (`ray start --head` plus a worker node): actors land by role (the learner on the node type
+  made for it, env actors on theirs), and a driver with a wrong token is refused with one clear line;
+- a Ray job (`ray job submit` to a head with the dashboard on 127.0.0.1) trains, streams its progress
+  to `ray job logs`, and `ray job stop` ends it with a checkpoint that `--resume` continues.
+
+Only the processes a test started are torn down (never `ray stop`), and the token is given through
+RAY_AUTH_TOKEN, so nothing is written to ~/.ray.
+"""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_train
+from tests.conftest import ROOT, run_train
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def free_port() -> int:
@@ -47,33 +58,114 @@ def kill_all(marker: str) -> None:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path_factory, monkeypatch):
-    # Both sides of a hand-started cluster must agree on authentication; see README "Ray clusters".
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def token(monkeypatch) -> str:
+    """A fresh token for the cluster, this test process and its subprocesses (drivers, the job client)."""
+    value = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return value
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path_factory, token):
+    """A head (CPU 1, custom resource learner_node) and a worker node (CPU 1, env_node), as deploy/ defines them."""
     temp_dir = str(tmp_path_factory.mktemp("ray"))  # every process of this cluster names it: our teardown key
     port = free_port()
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
     try:
-        subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dir}",
-                        "--include-dashboard=false", "--disable-usage-stats"],
+        subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dir}",
+                        '--resources={"learner_node": 1}', "--include-dashboard=false", "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=120)
-        subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                        '--resources={"node2": 1}', "--disable-usage-stats"],
+        subprocess.run([*RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                        '--resources={"env_node": 1}', "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
         kill_all(temp_dir)
 
 
-def test_training_job_spreads_actors_over_two_nodes(two_node_cluster, tmp_path):
+def test_actors_land_on_the_node_types_made_for_them(two_node_cluster, tmp_path):
     proc = run_train(tmp_path, [
-        "run_name=cluster", "schedule.frames_per_visit=2000", "schedule.repeats=1", "actors.placement=spread",
+        "run_name=cluster", "schedule.frames_per_visit=2000", "schedule.repeats=1",
         "actors.learner_cpus=0.5", "agent.learning_starts=100", "eval.max_episode_frames=400",
         "agent.fisher_minibatches=2", "logging.log_every_s=2",
-    ], extra_args=["--address", two_node_cluster])
+    ], extra_args=["--address", two_node_cluster, "--no-report"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     placement = json.loads((tmp_path / "cluster" / "actors.json").read_text())
     env_nodes = {placement[f"env_actor_{i}"]["node_id"] for i in range(2)}
-    assert len(env_nodes) == 2, placement  # one env actor on each node
+    assert len(env_nodes) == 1 and placement["learner"]["node_id"] not in env_nodes, placement
     summary = json.loads((tmp_path / "cluster" / "summary.json").read_text())
     assert summary["frames"] >= 4000 and summary["updates"] > 0 and summary["consolidations"] == 2
+
+
+def test_a_driver_with_a_wrong_token_is_refused_with_one_clear_line(two_node_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "train", "--config", str(ROOT / "configs" / "minatar_quick.yaml"),
+         "--address", two_node_cluster, "--logdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "token" in proc.stderr and "RAY_AUTH_TOKEN" in proc.stderr  # says what to fix
+
+
+@pytest.fixture
+def job_head(tmp_path_factory, token):
+    """A one-node cluster with the dashboard (and so the job server) bound to 127.0.0.1."""
+    temp_dir = str(tmp_path_factory.mktemp("ray"))
+    port, dashboard = free_port(), free_port()
+    try:
+        subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                        "--disable-usage-stats"],
+                       check=True, capture_output=True, timeout=180)
+        yield {"address": f"127.0.0.1:{port}", "url": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        kill_all(temp_dir)
+
+
+def job(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*RAY, "job", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_a_submitted_job_trains_streams_its_logs_and_stops_with_a_checkpoint(job_head, tmp_path):
+    url, logdir = job_head["url"], tmp_path / "runs"
+    submitted = job(
+        "submit", "--address", url, "--no-wait", "--working-dir", ".",
+        "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}),
+        "--", "python", "run.py", "train", "--config", "configs/minatar_quick.yaml", "--logdir", str(logdir),
+        "--set", "run_name=job", "--set", "schedule.frames_per_visit=1000000", "--set", "logging.log_every_s=2",
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
+    run_dir = logdir / "job"
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "metrics.jsonl").is_file() or '"updates": 0,' in (run_dir / "metrics.jsonl").read_text()[-400:]:
+            status = job("status", "--address", url, job_id).stdout
+            assert "FAILED" not in status and "SUCCEEDED" not in status, job("logs", "--address", url, job_id).stdout[-3000:]
+            assert time.monotonic() < deadline, "the job never started learning"
+            time.sleep(2)
+        assert "steps/s" in job("logs", "--address", url, job_id).stdout  # progress reaches `ray job logs`
+    finally:
+        job("stop", "--address", url, job_id)
+    deadline = time.monotonic() + 120
+    while "STOPPED" not in job("status", "--address", url, job_id).stdout:
+        assert time.monotonic() < deadline, "ray job stop did not end the job"
+        time.sleep(1)
+    summary = json.loads((run_dir / "summary.json").read_text())  # written on the way out: a clean stop
+    assert not summary["completed"] and summary["updates"] > 0
+    assert list((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    logs = job("logs", "--address", url, job_id).stdout
+    assert "SIGTERM received: stopping" in logs and f"--resume {run_dir}" in logs
+
+    # --resume continues from that checkpoint (on the same cluster, for a few seconds)
+    frames = summary["frames"]
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir), "--stop-after-s", "15",
+         "--no-report", "--address", job_head["address"]],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {frames:,} frames" in resumed.stderr

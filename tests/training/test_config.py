@@ -19,7 +19,7 @@ def smoke_data() -> dict:
     return yaml.safe_load(SMOKE.read_text())
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc", "paper_fmn"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load_and_list_every_key(name):
     from dataclasses import asdict
 
@@ -79,9 +79,14 @@ MALFORMED = [
     ("games", "Pong", r"'games' must be a list of strings"),
     ("schedule.order", "shuffled", r"'schedule.order' must be one of 'fixed', 'random'"),
     ("agent.fisher_kind", "fisher", r"'agent.fisher_kind' must be one of"),
-    ("agent.network.channels", [16, 32], r"'agent.network.channels' must be a list of 3 integers"),
+    ("agent.network.channels", [16, 32], r"channels, kernels and strides must list one entry per convolution"),
     ("agent.network.channels", [16, 0, 32], r"'agent.network.channels' must be positive"),
-    ("agent.network.frame_size", 64, r"'agent.network.frame_size' must be 84"),
+    ("agent.network.channels", "wide", r"'agent.network.channels' must be a list of integers"),
+    ("agent.network.kernels", [8, 4, 12], r"frames of \[84, 84\] are too small for kernels"),
+    ("agent.network.frame_shape", [64, 64], r"'agent.network.frame_shape' must be \[84, 84\] for atari games"),
+    ("agent.network.num_actions", 6, r"'agent.network.num_actions' must be 18 for atari games"),
+    ("env.full_action_space", False, r"'env.full_action_space' must be true"),
+    ("games", ["Pong", "MinAtar/Breakout"], r"a schedule plays games of one family .* atari: Pong; minatar: MinAtar/Breakout"),
     ("agent.network.max_tasks", 1, r"2 games need agent.network.max_tasks >= 2"),
     ("agent", 5, r"agent must be a mapping"),
     ("agent.ewc_online_gamma", 0.5, r"ewc_online_gamma only applies with agent.ewc_online: true"),

@@ -152,27 +152,38 @@ def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(
         assert abs(updates[task] - steps / 4) <= 2
 
 
+SHIPPED_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+
+
 def shipped_config_at_small_sizes(name: str) -> list[str]:
     """--set overrides that keep a shipped config's ratios (learning_starts : replay_capacity,
-    ewc_min_frames : frames_per_visit) but make it a short two-visit run."""
+    ewc_min_frames : frames_per_visit) but make it a short run over two of its games."""
     data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     agent, visit = data["agent"], 4000
-    return [
-        f"run_name={name}", "games=[Pong, Breakout]", "schedule.repeats=1", "schedule.order=fixed",
+    overrides = [
+        f"run_name={name}", f"games=[{', '.join(data['games'][:2])}]", "schedule.repeats=1", "schedule.order=fixed",
         f"schedule.frames_per_visit={visit}",
         f"agent.replay_capacity={agent['replay_capacity'] // 100}",
         f"agent.learning_starts={agent['learning_starts'] // 100}",
         f"agent.ewc_min_frames={agent['ewc_min_frames'] * visit // data['schedule']['frames_per_visit']}",
-        "agent.network.channels=[8, 16, 16]", "agent.network.hidden=32", "agent.fisher_minibatches=2",
-        "actors.learner_compile=false", "actors.learner_threads=1", "eval.every_frames=0", "eval.at_visit_end=false",
+        "agent.fisher_minibatches=2", "actors.learner_compile=false", "actors.learner_threads=1",
+        "eval.every_frames=0", "eval.at_visit_end=false",
     ]
+    if len(agent["network"]["channels"]) == 3:  # the Atari network, made small
+        overrides += ["agent.network.channels=[8, 16, 16]", "agent.network.hidden=32"]
+    return overrides
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper", "no_ewc", "paper_fmn"])
+def test_every_shipped_config_is_tested_here():
+    assert {"smoke", "paper", "no_ewc", "paper_fmn", "minatar", "minatar_no_ewc", "minatar_quick"} <= set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_every_shipped_config_starts_learning(name, tmp_path):
     from tests.conftest import run_train
 
-    proc = run_train(tmp_path, shipped_config_at_small_sizes(name), config=ROOT / "configs" / f"{name}.yaml")
+    proc = run_train(tmp_path, shipped_config_at_small_sizes(name), extra_args=["--no-report"],
+                     config=ROOT / "configs" / f"{name}.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary["updates"] > 0 and summary["completed"]

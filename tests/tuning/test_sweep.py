@@ -1,0 +1,73 @@
+"""`run.py sweep`: a real two-trial Ray Tune sweep on a tiny MinAtar config, its ranking, report and resume."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common.errors import UsageError
+from tests.conftest import ROOT
+from tuning.sweep import combinations, mean_and_error, parse_grid, rank, trial_name
+
+TINY = ["schedule.frames_per_visit=1500", "agent.learning_starts=200", "agent.replay_capacity=2000",
+        "agent.ewc_min_frames=1500", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
+        "actors.cpus_per_actor=0.25", "logging.log_every_s=2"]
+
+
+def sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", *args],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_grid_parsing_and_ranking():
+    grid = parse_grid(["agent.ewc_lambda=0,100", "agent.fisher_kind=softmax_exact,td_empirical"])
+    assert grid == {"agent.ewc_lambda": [0, 100], "agent.fisher_kind": ["softmax_exact", "td_empirical"]}
+    assert len(combinations(grid)) == 4
+    assert trial_name({"agent.ewc_lambda": 100}, 2) == "agent.ewc_lambda=100,seed=2"
+    for bad, message in (("agent.ewc_lambda", "expects KEY=V1,V2"), ("seed=1,2", "--seeds")):
+        with pytest.raises(UsageError, match=message):
+            parse_grid([bad])
+    with pytest.raises(UsageError, match="given twice"):
+        parse_grid(["agent.ewc_lambda=1", "agent.ewc_lambda=2"])
+    mean, error = mean_and_error([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and error == pytest.approx(1 / 3 ** 0.5)
+    trials = [
+        {"combination": {"x": 1}, "status": "finished", "metrics": {"average_final": 0.2, "round_forgetting_relative": 0.5}},
+        {"combination": {"x": 2}, "status": "finished", "metrics": {"average_final": 0.6, "round_forgetting_relative": 0.1}},
+        {"combination": {"x": 2}, "status": "failed", "metrics": {}},
+    ]
+    ranking = rank(trials, {"x": [1, 2]})
+    assert [row["x"] for row in ranking] == [2, 1] and ranking[0]["failed"] == 1 and ranking[0]["seeds"] == 1
+
+
+def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(tmp_path):
+    args = ["--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--grid", "agent.ewc_lambda=0,1000",
+            "--seeds", "1", "--logdir", str(tmp_path), "--name", "tiny", "--max-concurrent", "1"]
+    for override in TINY:
+        args += ["--set", override]
+    proc = sweep(*args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep_dir = tmp_path / "tiny"
+    result = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [row["seeds"] for row in result["ranking"]] == [1, 1] and all(r["failed"] == 0 for r in result["ranking"])
+    assert {row["agent.ewc_lambda"] for row in result["ranking"]} == {0, 1000}
+    assert all(row["average_final"] is not None for row in result["ranking"])
+    with open(sweep_dir / "sweep.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+    assert "average final" in proc.stdout and "agent.ewc_lambda" in proc.stdout  # the table on stdout
+    for trial in result["trials"]:
+        run_dir = sweep_dir / "trials" / trial["name"]
+        assert trial["status"] == "finished" and (run_dir / "eval.jsonl").is_file()
+        assert list((run_dir / "tensorboard").glob("events.*"))  # tensorboard --logdir SWEEP_DIR shows each trial
+
+    report = subprocess.run([sys.executable, str(ROOT / "run.py"), "report", str(sweep_dir), "--quiet"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert len(json.loads((sweep_dir / "report" / "report.json").read_text())["runs"]) == 2  # every trial, one report
+
+    again = sweep("--resume", str(sweep_dir), "--quiet")  # nothing left to do: the same ranking back
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((sweep_dir / "sweep.json").read_text())["ranking"] == result["ranking"]
