@@ -33,9 +33,6 @@ from common.errors import UsageError
 from ewc import EWCPenalty, diagonal_fisher
 from experiments.permuted_mnist import MLP
 
-FRAME = (84, 84)
-
-
 # ---- timing helpers ---------------------------------------------------------------------------
 
 
@@ -126,7 +123,7 @@ def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed
         ends = np.zeros(n + 1, bool)
         ends[-1] = True
         frames = pool[rng.integers(0, len(pool), n + 1)]
-        actions = rng.integers(0, 18, n + 1)
+        actions = rng.integers(0, 6, n + 1)
         rewards = np.zeros(n + 1, np.float32)
         for lo in range(0, n + 1, 100):
             part = slice(lo, lo + 100)
@@ -329,11 +326,13 @@ def ewc_overhead(
 # ---- replay -------------------------------------------------------------------------------------
 
 
-def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_length: int = 1000) -> dict[str, float]:
-    """Bytes per stored transition of a full `FrameReplay` and its sampling rate (with frame stacking)."""
-    buffer = FrameReplay(capacity, seed=0)
+def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_length: int = 1000,
+                   network: NetworkConfig = NetworkConfig()) -> dict[str, float]:
+    """Bytes per stored transition of a full `FrameReplay` for `network`'s frames and its sampling rate
+    (with frame stacking), against naive storage of both stacked states per transition as uint8."""
+    buffer = FrameReplay(capacity, network.frame_shape, network.frame_stack, seed=0)
     fill_replay(buffer, capacity + capacity // 10, episode_length)  # past capacity: the steady, wrapped state
-    naive = 2 * 4 * FRAME[0] * FRAME[1]  # state and next state, 4 stacked frames each, uint8
+    naive = 2 * network.frame_stack * int(np.prod(network.frame_shape))  # state and next state, uint8
     per_transition = buffer.nbytes / len(buffer)
     count, start = 0, time.perf_counter()
     while count < 10 or time.perf_counter() - start < seconds:
@@ -344,6 +343,7 @@ def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_le
         "bytes_per_transition": per_transition,
         "bytes_per_slot": buffer.bytes_per_transition,
         "naive_stacked_bytes_per_transition": float(naive),
+        "float32_grid_bytes_per_transition": 4.0 * naive,  # the same, as float32 (what a naive port stores)
         "saving_vs_naive": naive / per_transition,
         "capacity": capacity,
         "episode_length": episode_length,

@@ -292,3 +292,50 @@ def measure_rllib(
     finally:
         algo.stop()
         torch.set_num_threads(previous_threads)
+
+
+def rllib_time_to_score(run_config: RunConfig, threshold: float, cap_s: float, *, eval_every_steps: int,
+                        episodes: int, fragment: int = DEFAULT_FRAGMENT, threads: int = 1) -> dict[str, Any]:
+    """Seconds from building RLlib's DQN to its first evaluation at `threshold` (None within `cap_s`).
+
+    RLlib evaluates in its own loop, every `eval_every_steps` sampled steps (whole iterations), with
+    `episodes` greedy episodes (explore off: its evaluation cannot set a small epsilon). Needs `ray.init`.
+    """
+    import torch
+    from ray.rllib.utils.metrics import (
+        ENV_RUNNER_RESULTS,
+        EPISODE_RETURN_MEAN,
+        EVALUATION_RESULTS,
+    )
+
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    for name in ("ray.rllib", "ray.tune", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    actors = run_config.actors
+    per_iteration = fragment * actors.envs_per_actor * actors.num_env_actors
+    started = time.monotonic()
+    config = build_rllib_config(run_config, fragment=fragment).evaluation(
+        evaluation_interval=max(1, eval_every_steps // per_iteration),
+        evaluation_duration=episodes,
+        evaluation_duration_unit="episodes",
+        evaluation_num_env_runners=0,
+        evaluation_config={"explore": False},
+    )
+    algo = config.build_algo()
+    evaluations: list[tuple[float, float]] = []
+    try:
+        while time.monotonic() - started < cap_s:
+            result = algo.train()
+            score = result.get(EVALUATION_RESULTS, {}).get(ENV_RUNNER_RESULTS, {}).get(EPISODE_RETURN_MEAN)
+            if score is None or (isinstance(score, float) and math.isnan(score)):
+                continue
+            elapsed = time.monotonic() - started
+            evaluations.append((elapsed, float(score)))
+            if score >= threshold:
+                return {"seconds": elapsed, "evaluations": evaluations}
+        return {"seconds": None, "evaluations": evaluations}
+    finally:
+        algo.stop()
+        torch.set_num_threads(previous_threads)

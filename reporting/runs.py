@@ -139,8 +139,8 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories, with a folder of runs (e.g. a sweep's) replaced by the runs found under it."""
     out: list[Path] = []
     for path in map(Path, paths):
-        if not path.is_dir() or (path / CONFIG_FILE).is_file():
-            out.append(path)  # a run directory, or a missing one: load_run says what is wrong
+        if not path.is_dir() or any((path / name).is_file() for name in (CONFIG_FILE, EVAL_FILE, METRICS_FILE)):
+            out.append(path)  # a run directory (complete or not), or a missing one: load_run says what is wrong
             continue
         found = sorted(config.parent for config in path.glob(f"**/{CONFIG_FILE}") if (config.parent / EVAL_FILE).is_file())
         if not found:

@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny real training run (real ALE games, real local Ray) reused by several test files."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def has_learned(run_dir: Path) -> bool:
+    """Whether the run's latest complete metrics line reports a learner update."""
+    path = run_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            return json.loads(line).get("updates", 0) > 0
+        except json.JSONDecodeError:  # a line still being written
+            continue
+    return False
 
 
 def run_train(

@@ -40,6 +40,7 @@ UPDATES_PER_SLICE = 16
 NEVER = 2**62  # a frame count no run reaches
 LEARNER_NODE, ENV_NODE = "learner_node", "env_node"  # custom resources of the node types in deploy/
 NODE_SHARE = 0.001  # what an actor asks of such a resource: any number of actors fit on one node
+ACTOR_START_TIMEOUT_S = 300  # actors not placed by then will not be: say so rather than wait forever
 
 
 @dataclass
@@ -100,6 +101,12 @@ class InFlight:
     def refs(self) -> list[Any]:
         evals = self.eval_round.pending if self.eval_round else {}
         return [*self.collects, *self.adds, *self.trains, *evals, *self.consolidations]
+
+
+def in_placement_group() -> bool:
+    from ray.util import get_current_placement_group
+
+    return get_current_placement_group() is not None
 
 
 class Trainer:
@@ -174,9 +181,11 @@ class Trainer:
             num_cpus=cfg.actors.learner_cpus, num_gpus=1 if device == "cuda" else 0, resources=learner_node
         ).remote(cfg, device, cfg.actors.learner_threads)
         self.consolidator = ConsolidationActor.options(num_cpus=0).remote(cfg, "cpu")
-        strategy = "SPREAD" if cfg.actors.placement == "spread" else "DEFAULT"
+        # Spread over nodes when asked; otherwise Ray's default, which inside a placement group (a sweep's
+        # trial) keeps the actors in it: naming "DEFAULT" explicitly would take them out.
+        spread = {"scheduling_strategy": "SPREAD"} if cfg.actors.placement == "spread" and not in_placement_group() else {}
         self.actors = [
-            EnvActor.options(num_cpus=cfg.actors.cpus_per_actor, scheduling_strategy=strategy, resources=env_node).remote(
+            EnvActor.options(num_cpus=cfg.actors.cpus_per_actor, resources=env_node, **spread).remote(
                 i, cfg.actors.envs_per_actor, cfg.agent.network, cfg.env, seed=cfg.seed
             )
             for i in range(cfg.actors.num_env_actors)
@@ -189,7 +198,13 @@ class Trainer:
             "consolidation": self.consolidator.where.remote(),
             **{f"env_actor_{i}": a.where.remote() for i, a in enumerate(self.actors)},
         }
-        placement = {name: ray.get(ref) for name, ref in where.items()}
+        try:
+            placement = dict(zip(where, ray.get(list(where.values()), timeout=ACTOR_START_TIMEOUT_S)))
+        except ray.exceptions.GetTimeoutError:
+            raise RunAborted(
+                f"the actors were not all placed within {ACTOR_START_TIMEOUT_S} s: the cluster lacks the CPUs, GPU or "
+                f"custom resources they ask for (available now: {ray.available_resources()})"
+            ) from None
         (self.run_dir / records.ACTORS_FILE).write_text(json.dumps(placement, indent=2))
         nodes = len({p["node_id"] for p in placement.values()})
         self.say(f"actors started on {nodes} node(s); learner on {device}")
@@ -622,8 +637,10 @@ class Trainer:
         self.task = int(state["current_task"])
         ray.get([self.learner.load_state_dict.remote(state["learner"]),
                  self.consolidator.load_state_dict.remote(state["consolidation"])])
-        # The checkpoint's learner state includes updates the driver had not counted yet.
+        # The checkpoint's learner state includes updates the driver had not counted yet; updates that were
+        # owed but not taken are dropped with the transitions they would have sampled (the replay is refilled).
         self.counters.updates_done = self.counters.updates_submitted = checkpoint.num_updates(state)
+        self.counters.trainable_steps = self.counters.updates_done * self.config.agent.update_period
         self.counters.resumes += 1
         for actor in self.actors:  # fresh exploration streams, not a replay of the first run's
             actor.reseed.remote(self.config.seed, self.counters.resumes)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.dqn.fisher import fisher_batch, q_network_fisher
+from agents.dqn.fisher import fisher_batch, normalized, q_network_fisher
 from agents.dqn.learning import Learner
 from agents.dqn.networks import QNetwork, shared_parameter_names
 from agents.replay import TaskReplay, TransitionChunk
@@ -212,10 +212,11 @@ class ConsolidationService:
         task = int(inputs["task"])
         self.online.load_state_dict(inputs["online"])
         self.target.load_state_dict(inputs["target"])
-        fisher = q_network_fisher(
+        computed = q_network_fisher(
             self.online, self.target, inputs["batch"], task, kind=self.config.agent.fisher_kind,
             gamma=self.config.agent.gamma, generator=self.generator,
         )
+        fisher = normalized(computed, self.config.agent.fisher_normalization)
         anchors = {n: inputs["online"][n].to(self.device) for n in self.shared_names}
         min_frames = self.config.agent.ewc_min_frames
         eligible = {int(t) for t, n in frames_per_task.items() if n >= min_frames}
@@ -232,7 +233,7 @@ class ConsolidationService:
             for t in tasks:
                 penalty.consolidate(self.terms[t][1], self.terms[t][0])
             state = penalty.state_dict()
-        fisher_mean = float(np.mean([f.mean().item() for f in fisher.values()]))
+        fisher_mean = float(np.mean([f.mean().item() for f in computed.values()]))
         return {"ewc": state, "tasks": tasks, "fisher_task": task, "fisher_mean": fisher_mean}
 
     def state_dict(self) -> dict[str, Any]:

@@ -67,17 +67,29 @@ def init_ray(address: str | None) -> None:
         else:
             ray.init(include_dashboard=False, logging_level="warning")
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UsageError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r}: "
-                         f"{cluster_error(err)}") from None
+        target = address or os.environ.get("RAY_ADDRESS")
+        raise UsageError(f"cannot join the Ray cluster at {target!r}: {cluster_error(err, target)}") from None
 
 
-def cluster_error(err: Exception) -> str:
-    """A Ray connection error in one line, with what to do about an authentication mismatch."""
-    text = " ".join(str(err).split())
-    if any(word in text for word in ("InvalidAuthToken", "Authentication", "auth token", "UNAUTHENTICATED")):
-        return (f"{text[:300]} -- the cluster uses token authentication and this process's token does not match: "
-                "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token) to the head's token")
-    return text[:500]
+def cluster_error(err: Exception, address: str | None) -> str:
+    """Why joining a cluster failed, in one line: refused (token authentication) or nothing there."""
+    text = " ".join(str(err).split())[:300]
+    host, _, port = (address or "").replace("ray://", "").rpartition(":")
+    if port.isdigit() and reachable(host, int(port)):
+        return (f"{text} -- the head answers but refused this process: the cluster runs with token authentication "
+                "(Ray's default) and this process's token is missing or wrong; set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token) to the head's token")
+    return f"{text} -- is the head running (ray start --head) and the address right?"
+
+
+def reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def main(args: argparse.Namespace) -> int:

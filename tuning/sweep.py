@@ -127,11 +127,12 @@ def run_trial(space: dict[str, Any]) -> None:
     Trainer(config, run_dir, quiet=True, hooks=[ReportToTune()]).run(resume_state)
 
 
-def trial_bundles(config) -> list[dict[str, float]]:
-    """The placement group of one trial: its driver, its learner (with a GPU if it asks for one), its env actors."""
+def trial_bundles(config, cluster_has_gpu: bool) -> list[dict[str, float]]:
+    """The placement group of one trial: its driver, its learner (with the GPU its device setting will take
+    on this cluster), its env actors."""
     actors = config.actors
     learner = {"CPU": actors.learner_cpus}
-    if config.device == "cuda":
+    if config.device == "cuda" or (config.device == "auto" and cluster_has_gpu):
         learner["GPU"] = 1
     return [dict(DRIVER_BUNDLE), learner, *({"CPU": actors.cpus_per_actor} for _ in range(actors.num_env_actors))]
 
@@ -154,7 +155,7 @@ def mean_and_error(values: list[float]) -> tuple[float | None, float | None]:
 def rank(trials: list[dict[str, Any]], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """One row per combination: mean ± s.e. over its finished seeds, best average final score first."""
     rows = []
-    for combination in combinations(grid) or [{}]:
+    for combination in combinations(grid):
         own = [t for t in trials if t["combination"] == combination]
         done = [t for t in own if t["status"] == "finished"]
         row: dict[str, Any] = {**combination, "seeds": len(done), "failed": len(own) - len(done)}
@@ -189,7 +190,7 @@ def collect(sweep_dir: Path, spec: dict[str, Any], errors: dict[str, str]) -> li
     from reporting.runs import load_run
 
     trials = []
-    for combination in combinations(spec["grid"]) or [{}]:
+    for combination in combinations(spec["grid"]):
         for seed in range(spec["seeds"]):
             name = trial_name(combination, seed)
             run_dir = sweep_dir / TRIALS_DIR / name
@@ -209,9 +210,11 @@ def collect(sweep_dir: Path, spec: dict[str, Any], errors: dict[str, str]) -> li
 
 
 def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # each trial keeps its own logs and events
+    # Tune's own TensorBoard logger would show every trial twice beside the trials' own events: JSON and CSV only.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from training.train_command import init_ray
 
@@ -229,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid)
         base = apply_overrides(load_yaml(args.config), list(args.overrides))
         config_from_dict(base)  # a mistake in the base config ends the command here, before any trial
-        for combination in combinations(grid) or [{}]:
+        for combination in combinations(grid):
             config_from_dict(trial_config_data(base, combination, 0, "check"))  # and so does a bad grid value
         sweep_dir = (Path(args.logdir).expanduser() / (args.name or f"sweep_{base.get('run_name', 'run')}")).resolve()
         if (sweep_dir / SPEC_FILE).exists():
@@ -238,19 +241,20 @@ def main(args: argparse.Namespace) -> int:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sweep_dir / SPEC_FILE, spec)
 
-    pairs = [(combination, seed) for combination in combinations(spec["grid"]) or [{}] for seed in range(spec["seeds"])]
+    pairs = [(combination, seed) for combination in combinations(spec["grid"]) for seed in range(spec["seeds"])]
     params = {}
     for combination, seed in pairs:
         name = trial_name(combination, seed)
         data = trial_config_data(spec["base"], combination, seed, name)
         params[name] = {"run_dir": str(sweep_dir / TRIALS_DIR / name), "config": data}
     one_config = config_from_dict(next(iter(params.values()))["config"])
-    say(f"{len(pairs)} trials ({len(combinations(spec['grid']) or [{}])} combinations x {spec['seeds']} seeds) "
+    say(f"{len(pairs)} trials ({len(combinations(spec['grid']))} combinations x {spec['seeds']} seeds) "
         f"in {sweep_dir}")
 
     init_ray(args.address)
     try:
-        trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(trial_bundles(one_config)))
+        bundles = trial_bundles(one_config, ray.cluster_resources().get("GPU", 0) >= 1)
+        trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(bundles))
         if (sweep_dir / "tune").is_dir():  # --resume: Tune keeps the finished trials and reruns the rest
             tuner = tune.Tuner.restore(str(sweep_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)
         else:
@@ -258,7 +262,8 @@ def main(args: argparse.Namespace) -> int:
                 trainable,
                 param_space={"trial": tune.grid_search(list(params.values()))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent or None),
-                run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0 if args.quiet else 1),
+                run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0 if args.quiet else 1,
+                                          callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
             )
         results = tuner.fit()
         errors = {}

@@ -38,6 +38,10 @@ class DQNConfig:
     ewc_min_frames: int = 20_000_000  # frames played on a game before its anchor counts (the consolidation actor applies it)
     fisher_kind: FisherKind = "softmax_exact"  # the true Fisher of softmax(Q); see q_network_fisher
     fisher_minibatches: int = 100  # minibatches of the finished task's buffer per Fisher
+    # "mean": each task's Fisher divided by its mean over the shared weights before it is merged, so every
+    # task is protected alike however large its Q-value differences (and so its softmax Fisher) are;
+    # "none": as computed (the paper). lambda does not carry over between the two.
+    fisher_normalization: Literal["none", "mean"] = "none"
 
     def __post_init__(self) -> None:
         # Fail at start-up, not at the first task switch hours into a run.

@@ -68,6 +68,16 @@ def q_network_fisher(
         return per_sample_squared_gradients(net, tensors.states, td_vectors, batch_size=chunk_size, params=names)
 
 
+def normalized(fisher: dict[str, Tensor], how: str) -> dict[str, Tensor]:
+    """`fisher` as computed ("none") or divided by its mean over all its elements ("mean"; zero stays zero)."""
+    if how == "none":
+        return fisher
+    total = sum(f.sum() for f in fisher.values())
+    count = sum(f.numel() for f in fisher.values())
+    mean = float(total) / count
+    return {name: f / mean for name, f in fisher.items()} if mean > 0 else fisher
+
+
 def fisher_batch(buffer: FrameReplay, config: DQNConfig) -> Batch:
     """The transitions a task's Fisher is computed from: `fisher_minibatches` minibatches of its buffer."""
     return Batch.concatenate(buffer.sample(config.batch_size) for _ in range(config.fisher_minibatches))

@@ -29,6 +29,10 @@ SECTION_KEYS = {
                "mnist_empirical_samples_per_s"},
     "actors": {"actors_1_env_steps_per_s", "actors_2_env_steps_per_s", "actors_4_env_steps_per_s",
                "raw_env_steps_per_s_one_process", "act_forward_ms"},
+    "minatar": {"ours_env_steps_per_s", "loop_env_steps_per_s", "rllib_env_steps_per_s", "limit_env_steps_per_s",
+                "bare_learner_updates_per_s", "actor_env_steps_per_s", "ours_over_loop", "ours_fraction_of_limit",
+                "bytes_per_transition"},
+    "time_to_score": {"ours_s", "loop_s", "rllib_s", "threshold", "game", "seeds", "cap_s", "runs"},
 }
 
 
@@ -39,8 +43,8 @@ def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_bench_writes_every_section_under_stable_keys(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_bench("--tiny", "--seconds", "4", "--learning-starts", "200", "--skip-rllib",
-                     "--json", str(out), "--quiet")
+    proc = run_bench("--tiny", "--seconds", "4", "--learning-starts", "200", "--skip-rllib", "--score-seeds", "1",
+                     "--score-threshold", "-1", "--json", str(out), "--quiet", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr == ""  # --quiet
     report = json.loads(out.read_text())
@@ -53,7 +57,12 @@ def test_bench_writes_every_section_under_stable_keys(tmp_path):
     assert report["learner"]["learner_torch_threads"] == 1
     # configs/paper.yaml compiles the optimizer step; this machine has the C++ compiler it needs
     assert report["config"]["learner_compiled_optimizer_step"] and report["learner"]["compiled_optimizer_step"]
-    assert set(report["targets"]) == {"learner_ratio_ge_0.85", "ewc_overhead_le_5pct", "bytes_per_transition_le_7200"}
+    assert set(report["targets"]) == {"learner_ratio_ge_0.9", "ewc_overhead_le_5pct", "bytes_per_transition_le_7200",
+                                      "minatar_ge_1.5x_loop", "minatar_ge_70pct_of_limit", "time_to_score_le_0.7x_loop"}
+    minatar = report["minatar"]
+    assert minatar["game"] == "MinAtar/SpaceInvaders" and minatar["rllib_env_steps_per_s"] is None
+    assert minatar["bytes_per_transition"] < 1100  # uint8 cells (1,000 B per frame), not a float grid
+    assert report["time_to_score"]["runs"]["ours"][0] is not None  # threshold -1: the first evaluation reaches it
 
 
 def test_sections_subset_and_bad_input(tmp_path):

@@ -73,7 +73,7 @@ def synthetic_rounds() -> list[EvalRound]:
 def test_metrics_of_a_known_matrix():
     matrix = build_matrix(synthetic_rounds(), TRAINED, GAMES)
     assert matrix.source == "visit_end"
-    assert matrix.scales() == {"A": "human_normalized", "B": "human_normalized", "Zed": "raw"}
+    assert matrix.scales() == {"A": "normalized", "B": "normalized", "Zed": "raw"}
     assert matrix.values() == [[0.8, 0.2, 7], [0.3, 0.9, 4], [0.7, 0.5, 6], [0.6, 0.95, 10]]
     m = continual_metrics(matrix)
     assert m["average_final"] == pytest.approx((0.6 + 0.95 + 10) / 3)
@@ -133,7 +133,7 @@ def hand_metrics(eval_path: Path, trained: list[str]) -> dict:
 
     def value(record: dict, game: str) -> float:
         entry = record["games"][game]
-        return entry["human_normalized"] if entry["human_normalized"] is not None else entry["score"]
+        return entry["normalized"] if entry["normalized"] is not None else entry["score"]
 
     last = len(trained) - 1
     final = {g: value(rows[last], g) for g in games}
@@ -149,7 +149,7 @@ def hand_metrics(eval_path: Path, trained: list[str]) -> dict:
     mean = lambda d: sum(d.values()) / len(d) if d else None  # noqa: E731
     return {
         "average_final": sum(final.values()) / len(final),
-        "final_capped_sum": sum(min(rows[last]["games"][g]["human_normalized"], 1) for g in games),
+        "final_capped_sum": sum(min(rows[last]["games"][g]["normalized"], 1) for g in games),
         "forgetting": forgetting, "average_forgetting": mean(forgetting),
         "backward_transfer": mean(backward), "forward_transfer": mean(forward),
         "forward_transfer_per_game": forward, "backward_transfer_per_game": backward,
@@ -186,7 +186,7 @@ def test_report_on_the_tiny_run(tiny_run, tmp_path, capsys):
     matrix = summary["matrix"]
     assert matrix["games"] == ["Pong", "Breakout"] and matrix["source"] == "visit_end"
     assert matrix["score"] == [[visit_end[i]["games"][g]["score"] for g in matrix["games"]] for i in range(4)]
-    assert matrix["human_normalized"] == [[visit_end[i]["games"][g]["human_normalized"] for g in matrix["games"]]
+    assert matrix["normalized"] == [[visit_end[i]["games"][g]["normalized"] for g in matrix["games"]]
                                           for i in range(4)]
     initial = next(r for r in records if r["kind"] == "initial")
     assert matrix["initial"]["score"] == [initial["games"][g]["score"] for g in matrix["games"]]
@@ -213,7 +213,7 @@ def test_report_compares_runs_and_defaults_to_the_first_runs_folder(tiny_run, tm
     for record in records:
         for entry in record["games"].values():
             entry["score"] += 1.0
-            entry["human_normalized"] = None if entry["human_normalized"] is None else entry["human_normalized"] + 0.5
+            entry["normalized"] = None if entry["normalized"] is None else entry["normalized"] + 0.5
         record["capped_sum"] += 0.25
     (second / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "fin')  # + a cut line
     third = copy_run(tiny_run, tmp_path / "c" / "tiny")  # the same run name as the first

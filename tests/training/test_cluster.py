@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, has_learned, run_train
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
@@ -110,6 +111,14 @@ def test_a_driver_with_a_wrong_token_is_refused_with_one_clear_line(two_node_clu
     assert "token" in proc.stderr and "RAY_AUTH_TOKEN" in proc.stderr  # says what to fix
 
 
+def test_a_worker_node_with_a_wrong_token_is_refused(two_node_cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    proc = subprocess.run([*RAY, "start", f"--address={two_node_cluster}", "--num-cpus=1", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0  # refused at once, not a hang (Ray's own message: ours does not run here)
+    assert "InvalidAuthToken" in proc.stderr + proc.stdout
+
+
 @pytest.fixture
 def job_head(tmp_path_factory, token):
     """A one-node cluster with the dashboard (and so the job server) bound to 127.0.0.1."""
@@ -118,6 +127,7 @@ def job_head(tmp_path_factory, token):
     try:
         subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                        f"--dashboard-agent-listen-port={free_port()}",  # the default port may be another Ray's
                         "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=180)
         yield {"address": f"127.0.0.1:{port}", "url": f"http://127.0.0.1:{dashboard}"}
@@ -131,27 +141,34 @@ def job(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_a_submitted_job_trains_streams_its_logs_and_stops_with_a_checkpoint(job_head, tmp_path):
     url, logdir = job_head["url"], tmp_path / "runs"
-    submitted = job(
-        "submit", "--address", url, "--no-wait", "--working-dir", ".",
-        "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}),
-        "--", "python", "run.py", "train", "--config", "configs/minatar_quick.yaml", "--logdir", str(logdir),
-        "--set", "run_name=job", "--set", "schedule.frames_per_visit=1000000", "--set", "logging.log_every_s=2",
-    )
+    deadline = time.monotonic() + 120
+    while True:  # the head's job agent starts a little after `ray start` returns
+        submitted = job(
+            "submit", "--address", url, "--no-wait", "--working-dir", ".",
+            "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}),
+            "--", "python", "run.py", "train", "--config", "configs/minatar_quick.yaml", "--logdir", str(logdir),
+            "--set", "run_name=job", "--set", "schedule.frames_per_visit=1000000", "--set", "logging.log_every_s=2",
+        )
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout).group(0)
     run_dir = logdir / "job"
     try:
         deadline = time.monotonic() + 240
-        while not (run_dir / "metrics.jsonl").is_file() or '"updates": 0,' in (run_dir / "metrics.jsonl").read_text()[-400:]:
-            status = job("status", "--address", url, job_id).stdout
-            assert "FAILED" not in status and "SUCCEEDED" not in status, job("logs", "--address", url, job_id).stdout[-3000:]
+        while not has_learned(run_dir):
+            status = (lambda done: done.stdout + done.stderr)(job("status", "--address", url, job_id))
+            assert "failed" not in status and "succeeded" not in status, job("logs", "--address", url, job_id).stdout[-3000:]
             assert time.monotonic() < deadline, "the job never started learning"
             time.sleep(2)
-        assert "steps/s" in job("logs", "--address", url, job_id).stdout  # progress reaches `ray job logs`
+        while "steps/s" not in job("logs", "--address", url, job_id).stdout:  # progress reaches `ray job logs`
+            assert time.monotonic() < deadline, "no progress line in `ray job logs`"
+            time.sleep(2)
     finally:
         job("stop", "--address", url, job_id)
     deadline = time.monotonic() + 120
-    while "STOPPED" not in job("status", "--address", url, job_id).stdout:
+    while "was stopped" not in (lambda done: done.stdout + done.stderr)(job("status", "--address", url, job_id)):
         assert time.monotonic() < deadline, "ray job stop did not end the job"
         time.sleep(1)
     summary = json.loads((run_dir / "summary.json").read_text())  # written on the way out: a clean stop

@@ -105,3 +105,17 @@ def test_learner_state_round_trip_with_replay(config):
     assert restored.learner.num_updates == 2
     for name, value in learner.weights().items():
         torch.testing.assert_close(restored.weights()[name], value)
+
+
+def test_mean_normalised_fishers_protect_every_task_alike(config):
+    normalised = dataclasses.replace(config, agent=dataclasses.replace(config.agent, fisher_normalization="mean"))
+    learner, consolidation = LearnerService(normalised), ConsolidationService(normalised)
+    runner = EnvRunner(0, 1, normalised.agent.network, normalised.env, seed=6)
+    runner.set_game("Pong", 0)
+    learner.add(0, runner.collect(80, epsilon=1.0).chunks)
+    anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 10**6})
+    precision = anchors["ewc"]["precision"]
+    total = sum(float(p.sum()) for p in precision.values())
+    count = sum(p.numel() for p in precision.values())
+    assert total / count == pytest.approx(1.0, rel=1e-5)  # the task's Fisher, scaled to mean 1
+    assert anchors["fisher_mean"] != pytest.approx(1.0)  # the log keeps the Fisher's own scale

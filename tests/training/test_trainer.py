@@ -13,9 +13,9 @@ from training import checkpoint
 
 METRIC_KEYS = {"env_steps", "env_steps_per_s", "updates", "updates_per_s", "task", "game", "loss", "ewc_penalty"}
 TENSORBOARD_TAGS = {
-    "episode_return/Breakout", "human_normalized/Breakout", "train/loss", "train/td_error", "train/ewc_penalty",
+    "episode_return/Breakout", "normalized/Breakout", "train/loss", "train/td_error", "train/ewc_penalty",
     "train/epsilon", "replay/fill", "perf/env_steps_per_s", "perf/updates_per_s", "train/task",
-    "eval/Pong/score", "eval/Breakout/score", "eval/Pong/human_normalized", "eval/capped_human_normalized_sum",
+    "eval/Pong/score", "eval/Breakout/score", "eval/Pong/normalized", "eval/capped_normalized_sum",
     "ewc/fisher_mean", "ewc/grad_ratio/conv1", "ewc/grad_ratio/fc", "ewc/grad_ratio/out",
 }
 
@@ -88,8 +88,8 @@ def test_eval_command_scores_every_game(tiny_run, tmp_path):
     result = json.loads(out.read_text())
     assert set(result["games"]) == {"Pong", "Breakout"}
     for game in result["games"].values():
-        assert len(game["scores"]) == 1 and game["human_normalized"] is not None
-    expected = sum(min(g["human_normalized"], 1.0) for g in result["games"].values())
+        assert len(game["scores"]) == 1 and game["normalized"] is not None
+    expected = sum(min(g["normalized"], 1.0) for g in result["games"].values())
     assert result["capped_sum"] == pytest.approx(expected)
 
 
