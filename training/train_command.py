@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from common.errors import UsageError
@@ -61,14 +62,24 @@ def init_ray(address: str | None) -> None:
     # Ray starts workers at nice 15, so on a shared machine other jobs take the learner's core (the run's
     # bottleneck); normal priority for the workers of a local instance (a cluster's nodes set their own).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    try:
-        if address or os.environ.get("RAY_ADDRESS"):  # a cluster given, or set for us (a Ray job)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # neither given nor set for us (as in a Ray job)
+        ray.init(include_dashboard=False, logging_level="warning")
+        return
+    # Ray's core logs every refused retry to stderr for its whole connection timeout; keep them, and
+    # show them only if the connection succeeds (a refusal is then said in our one line).
+    with tempfile.TemporaryFile() as held, os.fdopen(os.dup(2), "wb") as real_stderr:
+        os.dup2(held.fileno(), 2)
+        try:
             ray.init(address=address, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            target = address or os.environ.get("RAY_ADDRESS")
+            raise UsageError(f"cannot join the Ray cluster at {target!r}: {cluster_error(err, target)}") from None
         else:
-            ray.init(include_dashboard=False, logging_level="warning")
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        target = address or os.environ.get("RAY_ADDRESS")
-        raise UsageError(f"cannot join the Ray cluster at {target!r}: {cluster_error(err, target)}") from None
+            held.seek(0)
+            real_stderr.write(held.read())
+        finally:
+            real_stderr.flush()
+            os.dup2(real_stderr.fileno(), 2)
 
 
 def cluster_error(err: Exception, address: str | None) -> str:
