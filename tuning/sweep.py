@@ -137,6 +137,18 @@ def trial_bundles(config, cluster_has_gpu: bool) -> list[dict[str, float]]:
     return [dict(DRIVER_BUNDLE), learner, *({"CPU": actors.cpus_per_actor} for _ in range(actors.num_env_actors))]
 
 
+def require_room_for_one_trial(bundles: list[dict[str, float]], cluster: dict[str, float], actors) -> None:
+    """Refuse a sweep whose trials could never start (Tune would wait for them forever)."""
+    for resource in ("CPU", "GPU"):
+        needed = sum(bundle.get(resource, 0.0) for bundle in bundles)
+        if needed > cluster.get(resource, 0.0) + 1e-9:
+            raise UsageError(
+                f"one trial needs {needed:g} {resource}s (its driver {DRIVER_BUNDLE['CPU'] if resource == 'CPU' else 0:g}, "
+                f"learner and {actors.num_env_actors} env actors) but the Ray cluster has {cluster.get(resource, 0.0):g}: "
+                "lower actors.cpus_per_actor or actors.learner_cpus with --set (e.g. --set actors.cpus_per_actor=0.25), "
+                "or add nodes")
+
+
 # ---- the ranking ----------------------------------------------------------------------------
 
 
@@ -238,8 +250,6 @@ def main(args: argparse.Namespace) -> int:
         if (sweep_dir / SPEC_FILE).exists():
             raise UsageError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or pick --name")
         spec = {"base": base, "grid": grid, "seeds": args.seeds, "config_file": str(args.config)}
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(sweep_dir / SPEC_FILE, spec)
 
     pairs = [(combination, seed) for combination in combinations(spec["grid"]) for seed in range(spec["seeds"])]
     params = {}
@@ -254,6 +264,10 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.address)
     try:
         bundles = trial_bundles(one_config, ray.cluster_resources().get("GPU", 0) >= 1)
+        require_room_for_one_trial(bundles, ray.cluster_resources(), one_config.actors)
+        if not args.resume:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(sweep_dir / SPEC_FILE, spec)
         trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(bundles))
         if (sweep_dir / "tune").is_dir():  # --resume: Tune keeps the finished trials and reruns the rest
             tuner = tune.Tuner.restore(str(sweep_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)

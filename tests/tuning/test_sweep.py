@@ -10,7 +10,16 @@ import pytest
 
 from common.errors import UsageError
 from tests.conftest import ROOT
-from tuning.sweep import combinations, mean_and_error, parse_grid, rank, trial_name
+from training.config import load_config
+from tuning.sweep import (
+    combinations,
+    mean_and_error,
+    parse_grid,
+    rank,
+    require_room_for_one_trial,
+    trial_bundles,
+    trial_name,
+)
 
 TINY = ["schedule.frames_per_visit=1500", "agent.learning_starts=200", "agent.replay_capacity=2000",
         "agent.ewc_min_frames=1500", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
@@ -41,6 +50,16 @@ def test_grid_parsing_and_ranking():
     ]
     ranking = rank(trials, {"x": [1, 2]})
     assert [row["x"] for row in ranking] == [2, 1] and ranking[0]["failed"] == 1 and ranking[0]["seeds"] == 1
+
+
+def test_a_trial_that_could_never_start_is_refused():
+    config = load_config(ROOT / "configs" / "minatar.yaml")  # learner 1 CPU + 2 env actors x 0.5 + the driver
+    bundles = trial_bundles(config, cluster_has_gpu=False)
+    assert sum(b["CPU"] for b in bundles) > 2 and not any("GPU" in b for b in bundles)
+    with pytest.raises(UsageError, match="actors.cpus_per_actor"):
+        require_room_for_one_trial(bundles, {"CPU": 2.0}, config.actors)
+    require_room_for_one_trial(bundles, {"CPU": 4.0}, config.actors)
+    assert trial_bundles(config, cluster_has_gpu=True)[1] == {"CPU": 1.0, "GPU": 1}  # device: auto takes the GPU
 
 
 def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(tmp_path):
