@@ -436,7 +436,7 @@ class Bench:
                     ray.shutdown()
             self.say("seed {}: ours {}, loop {}, rllib {}".format(seed, *(
                 "-" if not r or r[-1]["seconds"] is None else f"{r[-1]['seconds']:.0f} s" for r in runs.values())))
-        medians = {name: median_seconds(r, cap) if r else None for name, r in runs.items()}
+        medians = {name: median_seconds(r) if r else None for name, r in runs.items()}
         ratio = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
         return {
             "game": game, "threshold": threshold, "seeds": self.args.score_seeds, "cap_s": cap,

@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from perf.measure import bare_updates_per_s, replay_figures
+import torch
+
+from perf.measure import bare_updates_per_s, replay_figures, with_threads
 from perf.ours import ROOT
 from training.config import RunConfig, config_from_dict, config_to_dict, load_yaml
-from training.hooks import TrainerHook
+from training.hooks import TimeLimit, TrainerHook
 
 GAME = "MinAtar/SpaceInvaders"
 EVAL_EVERY = 2500  # agent steps between evaluations while timing the score
@@ -51,13 +53,9 @@ def minatar_run_config(*, game: str = GAME, learning_starts: int = 5000, learner
 
 def actor_steps_per_s(config: RunConfig, seconds: float) -> float:
     """One env runner acting with its network and stepping the game, in this process (one thread)."""
-    import torch
-
     from agents.dqn.actor import EnvRunner
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    def measure() -> float:
         runner = EnvRunner(0, 1, config.agent.network, config.env, seed=0)
         runner.set_game(config.games[0], 0)
         runner.collect(200, 0.1)  # warm-up
@@ -65,25 +63,21 @@ def actor_steps_per_s(config: RunConfig, seconds: float) -> float:
         while time.perf_counter() - start < seconds:
             steps += runner.collect(200, 0.1).steps
         return steps / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+
+    return with_threads(1, measure)
 
 
 def loop_steps_per_s(config: RunConfig, seconds: float) -> dict[str, float]:
     """The single-process loop's env steps/s once it learns (after filling `learning_starts`)."""
-    import torch
-
     from perf.loop import SingleProcessLoop
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.actors.learner_threads or previous)
-    try:
+    def measure() -> dict[str, float]:
         loop = SingleProcessLoop(config, seed=0)
         loop.run(steps=config.agent.learning_starts + 200)  # warm-up: filled, learning
         result = loop.run(seconds=seconds)
         return {"env_steps_per_s": result.steps_per_s, "updates_per_s": result.updates / result.seconds}
-    finally:
-        torch.set_num_threads(previous)
+
+    return with_threads(config.actors.learner_threads or torch.get_num_threads(), measure)
 
 
 def throughput(config: RunConfig, *, seconds: float, run_ours, run_rllib, say) -> dict[str, Any]:
@@ -147,14 +141,6 @@ class StopAtScore(TrainerHook):
         return None if self.reached_s is None else "score reached"
 
 
-class TimeCap(TrainerHook):
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def should_stop(self, trainer) -> str | None:
-        return "time cap" if time.monotonic() - trainer.started >= self.seconds else None
-
-
 def score_config(game: str, seed: int, threads: int) -> RunConfig:
     """The time-to-score run: MinAtar's learning_starts, evaluations every EVAL_EVERY steps."""
     config = minatar_run_config(game=game, seed=seed, learner_threads=threads, decay_steps=20_000)
@@ -172,32 +158,30 @@ def ours_time_to_score(config: RunConfig, threshold: float, cap_s: float, quiet:
     stop = StopAtScore(config.games[0], threshold)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-score-"))
     try:
-        Trainer(config, run_dir, quiet=quiet, hooks=[stop, TimeCap(cap_s)]).run()
+        Trainer(config, run_dir, quiet=quiet, hooks=[stop, TimeLimit(cap_s)]).run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return {"seconds": stop.reached_s, "evaluations": stop.evaluations}
 
 
 def loop_time_to_score(config: RunConfig, threshold: float, cap_s: float) -> dict[str, Any]:
-    import torch
-
+    """Seconds from building the loop (its set-up included, as ours counts its actors') to the first
+    evaluation at `threshold`."""
     from perf.loop import SingleProcessLoop
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.actors.learner_threads or previous)
-    try:
+    def measure() -> dict[str, Any]:
         started = time.perf_counter()
         loop = SingleProcessLoop(config, seed=config.seed)
         result = loop.run(seconds=cap_s, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES, threshold=threshold)
-        setup = result.seconds and (time.perf_counter() - started - result.seconds)
+        setup = time.perf_counter() - started - result.seconds
         seconds = None if result.reached_s is None else result.reached_s + setup
         return {"seconds": seconds, "evaluations": result.evaluations}
-    finally:
-        torch.set_num_threads(previous)
+
+    return with_threads(config.actors.learner_threads or torch.get_num_threads(), measure)
 
 
-def median_seconds(runs: list[dict[str, Any]], cap_s: float) -> float | None:
-    """The median over seeds; a run that never reached the score counts as the cap (None if most never did)."""
+def median_seconds(runs: list[dict[str, Any]]) -> float | None:
+    """The median over seeds; a run that never reached the score counts as never (None if the median did not)."""
     values = [r["seconds"] if r["seconds"] is not None else math.inf for r in runs]
     middle = statistics.median(values)
     return None if math.isinf(middle) else middle

@@ -103,6 +103,11 @@ class InFlight:
         return [*self.collects, *self.adds, *self.trains, *evals, *self.consolidations]
 
 
+def learner_device(requested: str, cluster_has_gpu: bool) -> str:
+    """The learner's device for the config's `device` ("auto", "cpu" or "cuda") on a cluster with or without a GPU."""
+    return {"auto": "cuda" if cluster_has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[requested]
+
+
 def in_placement_group() -> bool:
     from ray.util import get_current_placement_group
 
@@ -163,7 +168,7 @@ class Trainer:
         cfg = self.config
         resources = ray.cluster_resources()
         has_gpu = resources.get("GPU", 0) >= 1
-        device = {"auto": "cuda" if has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[cfg.device]
+        device = learner_device(cfg.device, has_gpu)
         if device == "cuda" and not has_gpu:
             raise UsageError("device: cuda, but the Ray cluster has no GPU")
         needed = cfg.actors.learner_cpus + cfg.actors.num_env_actors * cfg.actors.cpus_per_actor

@@ -130,9 +130,11 @@ def run_trial(space: dict[str, Any]) -> None:
 def trial_bundles(config, cluster_has_gpu: bool) -> list[dict[str, float]]:
     """The placement group of one trial: its driver, its learner (with the GPU its device setting will take
     on this cluster), its env actors."""
+    from training.loop import learner_device
+
     actors = config.actors
     learner = {"CPU": actors.learner_cpus}
-    if config.device == "cuda" or (config.device == "auto" and cluster_has_gpu):
+    if learner_device(config.device, cluster_has_gpu) == "cuda":
         learner["GPU"] = 1
     return [dict(DRIVER_BUNDLE), learner, *({"CPU": actors.cpus_per_actor} for _ in range(actors.num_env_actors))]
 
@@ -140,11 +142,11 @@ def trial_bundles(config, cluster_has_gpu: bool) -> list[dict[str, float]]:
 def require_room_for_one_trial(bundles: list[dict[str, float]], cluster: dict[str, float], actors) -> None:
     """Refuse a sweep whose trials could never start (Tune would wait for them forever)."""
     for resource in ("CPU", "GPU"):
-        needed = sum(bundle.get(resource, 0.0) for bundle in bundles)
-        if needed > cluster.get(resource, 0.0) + 1e-9:
+        needed, has = sum(bundle.get(resource, 0.0) for bundle in bundles), cluster.get(resource, 0.0)
+        if needed > has + 1e-9:
             raise UsageError(
-                f"one trial needs {needed:g} {resource}s (its driver {DRIVER_BUNDLE['CPU'] if resource == 'CPU' else 0:g}, "
-                f"learner and {actors.num_env_actors} env actors) but the Ray cluster has {cluster.get(resource, 0.0):g}: "
+                f"one trial needs {needed:g} {resource}s (its driver, learner and {actors.num_env_actors} env actors) "
+                f"but the Ray cluster has {has:g}: "
                 "lower actors.cpus_per_actor or actors.learner_cpus with --set (e.g. --set actors.cpus_per_actor=0.25), "
                 "or add nodes")
 
@@ -263,8 +265,9 @@ def main(args: argparse.Namespace) -> int:
 
     init_ray(args.address)
     try:
-        bundles = trial_bundles(one_config, ray.cluster_resources().get("GPU", 0) >= 1)
-        require_room_for_one_trial(bundles, ray.cluster_resources(), one_config.actors)
+        cluster = ray.cluster_resources()
+        bundles = trial_bundles(one_config, cluster.get("GPU", 0) >= 1)
+        require_room_for_one_trial(bundles, cluster, one_config.actors)
         if not args.resume:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(sweep_dir / SPEC_FILE, spec)
