@@ -16,9 +16,15 @@ the task loss barely touches), which outside-eps RMSProp turns into NaN; here ep
 
 The mean square starts at 0 (torch and Keras) rather than TensorFlow 1's 1.0, which only
 slows the first few hundred steps down.
+
+A quadratic pull toward anchors (EWC's penalty, gradient s (theta - theta*) with s = lambda F)
+can ride along: `RMSProp.step(pull=...)` adds its gradient to the parameters' gradients inside
+the step's own pass over the weights instead of in passes of its own; compiled, the whole step
+is one loop that also reads s and theta*.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 
@@ -29,8 +35,17 @@ from torch import Tensor
 def rmsprop_update_(
     params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor] | None,
     *, lr: float, alpha: float, eps: float,
+    pull_scales: list[Tensor] | None = None, pull_anchors: list[Tensor] | None = None,
 ) -> None:
-    """One RMSProp step on lists of tensors, in place (`grad_avgs` only for the centered form)."""
+    """One RMSProp step on lists of tensors, in place (`grad_avgs` only for the centered form).
+
+    With `pull_scales` s and `pull_anchors` a (one each per parameter), the step follows
+    grads + s * (params - a); `grads` themselves are left as they are.
+    """
+    if pull_scales is not None:
+        pulls = torch._foreach_sub(params, pull_anchors)
+        torch._foreach_mul_(pulls, pull_scales)
+        grads = torch._foreach_add(grads, pulls)
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if grad_avgs is not None:
@@ -53,6 +68,15 @@ def compiled_rmsprop_update() -> Callable[..., None]:
     return torch.compile(rmsprop_update_)
 
 
+@dataclasses.dataclass(frozen=True)
+class Pull:
+    """A quadratic pull of some parameters toward anchors: its gradient is scales * (params - anchors)."""
+
+    params: list[Tensor]
+    scales: list[Tensor]
+    anchors: list[Tensor]
+
+
 class RMSProp(torch.optim.Optimizer):
     """RMSProp with `eps` added inside the square root (TensorFlow / Dopamine / DeepMind DQN)."""
 
@@ -69,13 +93,18 @@ class RMSProp(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "centered": centered})
 
     @torch.no_grad()
-    def step(self, closure=None, *, update: Callable[..., None] = rmsprop_update_):
-        """One step; `update`: `rmsprop_update_` or `compiled_rmsprop_update()`."""
+    def step(self, closure=None, *, update: Callable[..., None] = rmsprop_update_, pull: Pull | None = None):
+        """One step; `update`: `rmsprop_update_` or `compiled_rmsprop_update()`; `pull`: a quadratic
+        pull whose gradient is added inside the step (a pulled parameter steps even without `.grad`)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        pulled = {id(p): (s, a) for p, s, a in zip(pull.params, pull.scales, pull.anchors)} if pull else {}
         for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None and id(p) in pulled:
+                    p.grad = torch.zeros_like(p)
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -85,11 +114,19 @@ class RMSProp(torch.optim.Optimizer):
                     state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if group["centered"]:
                         state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            update(
-                params, [p.grad for p in params], [self.state[p]["square_avg"] for p in params],
-                [self.state[p]["grad_avg"] for p in params] if group["centered"] else None,
-                lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
-            )
+            hyper = {"lr": group["lr"], "alpha": group["alpha"], "eps": group["eps"]}
+            # One call for the pulled parameters, one for the rest (the compiled form specialises on each).
+            for part, with_pull in (([p for p in params if id(p) in pulled], True),
+                                    ([p for p in params if id(p) not in pulled], False)):
+                if not part:
+                    continue
+                update(
+                    part, [p.grad for p in part], [self.state[p]["square_avg"] for p in part],
+                    [self.state[p]["grad_avg"] for p in part] if group["centered"] else None,
+                    pull_scales=[pulled[id(p)][0] for p in part] if with_pull else None,
+                    pull_anchors=[pulled[id(p)][1] for p in part] if with_pull else None,
+                    **hyper,
+                )
         return loss
 
 

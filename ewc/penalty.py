@@ -59,7 +59,7 @@ class EWCPenalty:
         self.residual = 0.0  # R summed over all elements, float64: only the penalty's value needs it
         self.num_tasks = 0
         self._diffs: list[Tensor] | None = None  # scratch for add_gradient_, allocated once
-        self._scaled: tuple[list[Tensor], list[Tensor]] | None = None  # (lambda A, lambda A mu) for add_gradient_
+        self._scaled: list[Tensor] | None = None  # lambda A: gradient_terms
 
     def _selected(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {n: t for n, t in tensors.items() if self._include is None or self._include(n)}
@@ -129,16 +129,10 @@ class EWCPenalty:
                 p.grad = torch.zeros_like(p)
         grads = [p.grad for p in params]
         if not with_value:
-            # grad += (lambda A) theta - (lambda A mu): two fused passes with both products cached, the
-            # fewest memory passes for this memory-bound step (it is the penalty's cost in every update).
-            # Near the anchors the two terms nearly cancel: the result differs from lambda A (theta - mu)
-            # by float32 rounding of lambda A |theta| (~1e-7 of it), far below the task gradient's noise.
-            if self._scaled is None:
-                scale = [self.lam * a for a in self.precision.values()]
-                self._scaled = (scale, [k * m for k, m in zip(scale, self.mean.values())])
-            scale, offset = self._scaled
-            torch._foreach_addcmul_(grads, scale, params)
-            torch._foreach_sub_(grads, offset)
+            _, scales, anchors = self.gradient_terms()
+            pulls = torch._foreach_sub(params, anchors)
+            torch._foreach_mul_(pulls, scales)
+            torch._foreach_add_(grads, pulls)
             return None
         if self._diffs is None or self._diffs[0].device != params[0].device:
             self._diffs = [torch.empty_like(m) for m in self.mean.values()]
@@ -148,6 +142,18 @@ class EWCPenalty:
         torch._foreach_add_(grads, scaled, alpha=self.lam)
         quadratic = torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(scaled, self._diffs)]).sum()
         return 0.5 * self.lam * (quadratic + self.residual)
+
+    def gradient_terms(self) -> tuple[list[str], list[Tensor], list[Tensor]]:
+        """The penalty's gradient lambda A (theta - mu) as its terms: (names, lambda A, mu).
+
+        lambda A is cached until the anchors change, so a training step can add the gradient in its
+        own pass over the weights (`agents.optimizer.RMSProp.step(pull=...)`), reading two tensors
+        per weight: the fewest memory passes for this memory-bound term. The centred form keeps
+        it exact near the anchors, where lambda A theta and lambda A mu would nearly cancel.
+        """
+        if self._scaled is None:
+            self._scaled = [self.lam * a for a in self.precision.values()]
+        return list(self.precision), self._scaled, list(self.mean.values())
 
     @torch.no_grad()
     def gradient_norms(self, model: nn.Module) -> dict[str, Tensor]:

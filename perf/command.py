@@ -22,6 +22,9 @@ Sections (--sections, comma-separated; default all):
   time_to_score  wall-clock seconds until each system's greedy evaluation first reaches
            --score-threshold on MinAtar SpaceInvaders, from scratch, median over --score-seeds seeds
 
+With --profile DIR (needs py-spy), the minatar section also samples every process of our trainer
+during its measurement window and reports where its CPU time goes, per phase (minatar.phases).
+
 Figures that are compared are measured in the same invocation (absolute numbers on a shared
 machine drift; ratios much less). The JSON has one stable key per figure; progress goes to
 stderr. docs/performance.md explains each figure and what limits it.
@@ -85,6 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-seeds", type=int, default=3, help="seeds per system in time_to_score (default 3)")
     parser.add_argument("--score-cap-s", type=float, default=240.0,
                         help="a time_to_score run that has not reached the score by then is stopped (default 240)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="minatar section: sample every process of our trainer with py-spy (needs py-spy) during "
+                             "its measurement window, keep the raw samples in DIR and report per-phase shares "
+                             "under minatar.phases")
     parser.add_argument("--tiny", action="store_true",
                         help="a small network (configs/smoke.yaml's) instead of the paper's: for tests, not for figures")
     parser.add_argument("--keep-run", default=None, metavar="DIR",
@@ -123,7 +130,13 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"--rllib-fragment must be positive, got {args.rllib_fragment}")
     if args.score_seeds < 1 or not args.score_cap_s > 0:
         raise UsageError("--score-seeds must be at least 1 and --score-cap-s positive")
-    return parse_sections(args.sections)
+    sections = parse_sections(args.sections)
+    if args.profile:
+        if "minatar" not in sections:
+            raise UsageError("--profile samples the minatar section's run of our trainer: include minatar in --sections")
+        if shutil.which("py-spy") is None:
+            raise UsageError("--profile needs py-spy on PATH: pip install py-spy")
+    return sections
 
 
 def device_info() -> dict[str, Any]:
@@ -329,7 +342,7 @@ class Bench:
                 )
             self.report["train"] = train
 
-    def run_ours(self, config=None) -> dict[str, Any]:
+    def run_ours(self, config=None, hooks=()) -> dict[str, Any]:
         import ray
 
         from perf.ours import measure_ours
@@ -339,7 +352,7 @@ class Bench:
         init_local_ray()
         try:
             result = measure_ours(config or self.run_config, run_dir, seconds=self.seconds,
-                                  warmup_s=min(5.0, self.seconds / 6), quiet=self.quiet)
+                                  warmup_s=min(5.0, self.seconds / 6), quiet=self.quiet, hooks=list(hooks))
             placement = json.loads((run_dir / "actors.json").read_text())
             result["learner_torch_threads"] = placement["learner"].get("torch_threads")
         finally:
@@ -398,6 +411,18 @@ class Bench:
         out = throughput(config, seconds=self.seconds, run_ours=self.run_ours, run_rllib=run_rllib, say=self.say)
         self.say(f"minatar: ours {out['ours_env_steps_per_s']:.0f}, loop {out['loop_env_steps_per_s']:.0f}, "
                  f"rllib {out['rllib_env_steps_per_s'] or 0:.0f}, limit {out['limit_env_steps_per_s']:.0f} env steps/s")
+        if self.args.profile:
+            from perf.phases import ProfileWindow, format_shares
+
+            # A run of its own (sampling costs CPU, which would bias the throughput above), sampled
+            # inside its measurement window, which opens once learning has started.
+            self.say("minatar: a second run of our trainer, sampled with py-spy")
+            profile = ProfileWindow(Path(self.args.profile), seconds=max(2.0, self.seconds / 2),
+                                    delay_s=min(20.0, self.seconds / 3), say=self.say)
+            self.run_ours(config, hooks=[profile])
+            out["phases"] = profile.finish()
+            if out["phases"]:
+                self.say("minatar: where our trainer's CPU time goes (py-spy)\n" + format_shares(out["phases"]))
         return out
 
     def section_time_to_score(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from agents.dqn.fisher import q_network_fisher
 from agents.dqn.learning import Learner
 from agents.dqn.networks import NetworkConfig, QNetwork, shared_parameter_names
 from agents.optimizer import (
+    Pull,
     RMSProp,
     compiled_optimizer_step,
     global_norm,
@@ -161,10 +162,10 @@ class BareUpdate:
         named = dict(self.online.named_parameters())
         self.shared = [named[n] for n in names]
         penalty = synthetic_anchors(self.online, ewc_tasks, config.ewc_lambda, seed) if ewc_tasks else None
-        # The penalty's gradient lambda A (theta - mu) as lambda A theta - lambda A mu, with both
-        # coefficients precomputed: the fewest passes over memory plain torch offers.
-        self.scale = [config.ewc_lambda * penalty.precision[n] for n in names] if penalty else []
-        self.offset = [k * penalty.mean[n] for k, n in zip(self.scale, names)]
+        # The penalty's gradient lambda A (theta - mu), lambda A precomputed, added inside the optimizer's
+        # pass: the fewest passes over memory.
+        scale = [config.ewc_lambda * penalty.precision[n] for n in names] if penalty else []
+        self.pull = Pull(self.shared, scale, [penalty.mean[n] for n in names]) if penalty else None
 
     def __call__(self) -> None:
         cfg, online = self.cfg, self.online
@@ -176,15 +177,10 @@ class BareUpdate:
         loss = F.huber_loss(q, y, delta=cfg.huber_delta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.scale:  # EWC: grad += lambda A theta - lambda A mu
-            with torch.no_grad():
-                grads = [p.grad for p in self.shared]
-                torch._foreach_addcmul_(grads, self.scale, self.shared)
-                torch._foreach_sub_(grads, self.offset)
         grads = [p.grad for p in online.parameters() if p.grad is not None]
         norm = float(global_norm(grads))  # the learner syncs here too (metrics, finiteness)
         scale_to_max_norm_(grads, norm, cfg.max_grad_norm)
-        self.step()
+        self.step(pull=self.pull)  # EWC: + lambda A (theta - mu), inside the step
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
@@ -252,9 +248,9 @@ def ewc_overhead(
     minus 1: the median of paired ratios (one pair per turn of the interleaved timing), with its
     standard error ("*_stderr"). As in the learner actor, the penalty's value (for logging) is
     computed every `report_every_s` (training.services.PENALTY_REPORT_S), its gradient every update.
-    "isolated_*": the penalty's own steps timed alone (gradient step per update, value step
-    amortised) over the update time: an upper bound, since alone they run with cold caches while
-    inside an update they find the fresh gradients in cache.
+    "isolated_*": the penalty's own cost timed alone (what its gradient adds to the optimizer step,
+    which takes it in its own pass over the weights, per update; the value step amortised) over
+    the update time.
     """
     from training.services import PENALTY_REPORT_S
 
@@ -283,20 +279,23 @@ def ewc_overhead(
 
         return run
 
-    def penalty_steps(name: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    def penalty_steps(name: str) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]]:
+        """The optimizer step with and without the penalty's pull, and the penalty's value."""
         learner = learners[name]
         for p in learner.online.parameters():
             p.grad = torch.zeros_like(p)
-        return (lambda: learner.ewc.add_gradient_(learner.online, with_value=False),
-                lambda: learner.ewc.add_gradient_(learner.online, with_value=True))
+        return (lambda: learner._optimizer_step(learner._ewc_pull()), learner._optimizer_step,
+                lambda: learner.ewc.penalty(learner.online))
 
     def measure() -> tuple[dict[str, list[float]], dict[str, float]]:
         updates = interleaved_samples({name: update_with(name) for name in states}, seconds=seconds, block=2)
         steps = {}
         for name in penalties:
-            gradient, value = penalty_steps(name)
-            steps[f"gradient_{name}"], steps[f"value_{name}"] = gradient, value
-        parts = interleaved_medians(steps, seconds=min(4.0, seconds / 4), block=4)
+            steps[f"pulled_step_{name}"], steps[f"step_{name}"], steps[f"value_{name}"] = penalty_steps(name)
+        with torch.no_grad():
+            parts = interleaved_medians(steps, seconds=min(4.0, seconds / 4), block=4)
+        for name in penalties:
+            parts[f"gradient_{name}"] = max(0.0, parts[f"pulled_step_{name}"] - parts[f"step_{name}"])
         return updates, parts
 
     updates, parts = with_threads(threads, measure)

@@ -147,10 +147,11 @@ class Measurement(TrainerHook):
 
 
 def measure_ours(config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float, quiet: bool,
-                 ewc_tasks: int = 1) -> dict[str, Any]:
-    """Run our trainer (needs `ray.init`) and return its steady-state rates (see `Measurement`)."""
+                 ewc_tasks: int = 1, hooks: list[TrainerHook] = ()) -> dict[str, Any]:
+    """Run our trainer (needs `ray.init`) and return its steady-state rates (see `Measurement`);
+    `hooks` watch the same run (e.g. `perf.phases.ProfileWindow`)."""
     measurement = Measurement(config, seconds=seconds, warmup_s=warmup_s, ewc_tasks=ewc_tasks)
-    trainer = Trainer(config, run_dir, quiet=quiet, hooks=[measurement])
+    trainer = Trainer(config, run_dir, quiet=quiet, hooks=[measurement, *hooks])
     trainer.say(f"run directory {run_dir}")
     trainer.run()
     result = measurement.results()

@@ -3,9 +3,11 @@
 No Ray here: `Learner` is the object the learner actor wraps (`training/services.py`).
 
 Gradient clipping: the paper only says "gradient clipping". Huber already clips the
-per-sample error to [-1, 1]; on top of that we clip the global norm of the whole gradient
-(TD loss + EWC penalty) to 10, a common guard against rare huge steps, e.g. right after a
-task switch when the penalty's gradient can be large.
+per-sample error to [-1, 1]; on top of that we clip the global norm of the TD loss's gradient
+to 10, a common guard against rare huge steps. The EWC penalty's gradient is added after it,
+inside RMSProp's own pass over the weights (one pass fewer per update): clipped together, a
+strong pull right after a task switch would shrink the new task's gradient with it, and
+RMSProp's normalisation already bounds the step the pull can cause.
 
 RMSProp: `agents.optimizer.RMSProp`, with eps inside the square root as in Dopamine's DQN
 (torch's own RMSprop adds it outside, which makes DQN's steps about 3x smaller). Not centered
@@ -30,6 +32,7 @@ from agents.dqn.config import DQNConfig
 from agents.dqn.losses import TensorBatch, q_taken_and_targets, to_tensors
 from agents.dqn.networks import QNetwork, layer_of, shared_parameter_names
 from agents.optimizer import (
+    Pull,
     RMSProp,
     compiled_optimizer_step,
     global_norm,
@@ -90,20 +93,22 @@ class Learner:
         td_loss = F.huber_loss(q_taken, targets, delta=cfg.huber_delta)
         self.optimizer.zero_grad(set_to_none=True)
         td_loss.backward()
-        # The penalty's gradient in closed form (no autograd graph over 6.5M weights): same result, less time.
-        # Its value is only for logging and costs two more passes over the weights: callers that log
-        # once per many updates ask for it once (`report_penalty`); otherwise the last value is reported.
+        # The penalty's gradient in closed form (no autograd graph over 6.5M weights), added inside the
+        # optimizer step (`_ewc_pull`). Its value is only for logging and costs two more passes over the
+        # weights: callers that log once per many updates ask for it once (`report_penalty`); otherwise
+        # the last value is reported.
+        pull = None
         if self.ewc_active():
             if report_penalty:
                 self.last_ewc_grad_ratios = self._ewc_grad_ratios()
-            value = self.ewc.add_gradient_(self.online, with_value=report_penalty)
-            if value is not None:
-                self.last_penalty = value
+                with torch.no_grad():
+                    self.last_penalty = self.ewc.penalty(self.online)
+            pull = self._ewc_pull()
             penalty = self.last_penalty
         else:
             penalty = td_loss.new_zeros(())
         grads = [p.grad for p in self.online.parameters() if p.grad is not None]
-        grad_norm = global_norm(grads)  # clipped below, once known: most updates need no scaling pass
+        grad_norm = global_norm(grads)  # the TD gradient's; clipped below, once known: most updates need no scaling pass
 
         td_errors = (targets - q_taken).detach()
         # One device sync for all metrics (and for the finiteness check).
@@ -121,7 +126,7 @@ class Learner:
         else:
             self.nonfinite_in_a_row = 0
             scale_to_max_norm_(grads, norm_value, cfg.max_grad_norm)
-            self._optimizer_step()
+            self._optimizer_step(pull)
             self.num_updates += 1
             if self.num_updates % cfg.target_update_period == 0:
                 self.sync_target()
@@ -148,12 +153,18 @@ class Learner:
         ratios = torch.stack([penalty[n] / td_norm.clamp_min(1e-30) for n, td_norm in zip(names, td)]).tolist()
         return {layer_of(name): ratio for name, ratio in zip(names, ratios)}
 
-    def _optimizer_step(self) -> None:
+    def _ewc_pull(self) -> Pull:
+        """The penalty's gradient lambda A (theta - mu), for the optimizer to add in its own pass."""
+        names, scales, anchors = self.ewc.gradient_terms()
+        named = dict(self.online.named_parameters())
+        return Pull([named[n] for n in names], scales, anchors)
+
+    def _optimizer_step(self, pull: Pull | None = None) -> None:
         if self._compiled_step is None:
-            self.optimizer.step()
+            self.optimizer.step(pull=pull)
             return
         try:
-            self._compiled_step()
+            self._compiled_step(pull=pull)
         except Exception as err:
             if self._compiled_step_ran:
                 raise
@@ -164,7 +175,7 @@ class Learner:
             print(f"[learner] torch.compile of the optimizer step failed ({self.compile_failure}); "
                   "using the eager step", file=sys.stderr, flush=True)
             self._compiled_step = None
-            self.optimizer.step()
+            self.optimizer.step(pull=pull)
             return
         self._compiled_step_ran = True
 

@@ -327,7 +327,7 @@ def test_compiled_optimizer_step_takes_the_eager_steps_also_after_a_restore():
 
 def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch, capsys):
     def cannot_compile(optimizer):
-        def step():
+        def step(pull=None):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return step
 
@@ -342,11 +342,11 @@ def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch, capsys)
     def breaks_later(optimizer):  # compiled fine, then failed: a real error, not a compile problem
         calls = []
 
-        def step():
+        def step(pull=None):
             calls.append(1)
             if len(calls) > 1:
                 raise RuntimeError("out of memory")
-            optimizer.step()
+            optimizer.step(pull=pull)
         return step
 
     monkeypatch.setattr("agents.dqn.learning.compiled_optimizer_step", breaks_later)
@@ -483,21 +483,28 @@ def test_ewc_gradient_ratio_per_layer_is_penalty_over_td_gradient_norm():
     assert ratios["conv1"] == pytest.approx(0.0, abs=1e-6)  # still at its anchor
 
 
-def test_the_penalty_gradient_the_learner_adds_follows_new_anchors():
-    """The learner adds EWC's gradient from cached products; anchors set later must replace them."""
-    learner = Learner(SMALL, seed=0)
+@pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "compiled"])
+def test_an_update_clips_the_td_gradient_then_steps_with_the_penalty_gradient_of_the_latest_anchors(compile_step):
+    """The penalty's gradient rides inside the optimizer step (not clipped with the TD gradient), from
+    cached terms that anchors set later must replace."""
+    config = replace(SMALL, max_grad_norm=1e-3, ewc_lambda=50.0)  # the TD gradient is always clipped
+    learner = Learner(config, seed=0, compile_step=compile_step)
+    reference = copy.deepcopy(learner)
     generator = torch.Generator().manual_seed(0)
     for task in (1, 2):
         fisher = {n: torch.rand(p.shape, generator=generator) for n, p in learner.online.named_parameters()
                   if n in learner.shared_names}
-        anchor(learner, task, fisher)
-        learner.update(random_batch(8, seed=task), 0, report_penalty=False)  # the weights leave the anchors
-        shared = [p for n, p in learner.online.named_parameters() if n in learner.shared_names]
-        for p in shared:
-            p.grad = torch.zeros_like(p)
-        learner.ewc.add_gradient_(learner.online, with_value=False)  # the cached path of every update
-        cached = [p.grad.clone() for p in shared]
-        learner.online.zero_grad()
-        learner.ewc.penalty(learner.online).backward()
-        for fast, p in zip(cached, shared):
-            torch.testing.assert_close(fast, p.grad, rtol=1e-4, atol=1e-5)
+        for model in (learner, reference):
+            anchor(model, task, fisher)
+        for i in range(2):  # the weights leave the anchors, then the penalty pulls
+            batch = random_batch(8, seed=10 * task + i)
+            learner.update(batch, 1, report_penalty=False)
+            loss, _ = double_dqn_loss(reference.online, reference.target, to_tensors(batch, "cpu"), 1, config.gamma)
+            reference.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(reference.online.parameters(), config.max_grad_norm)
+            reference.ewc.penalty(reference.online).backward()  # autograd's gradient, added unclipped
+            reference.optimizer.step()
+            for name, value in snapshot(reference.online).items():
+                torch.testing.assert_close(snapshot(learner.online)[name], value, rtol=1e-4, atol=1e-6)
+    assert learner.step_compiled == compile_step

@@ -44,7 +44,8 @@ def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_bench_writes_every_section_under_stable_keys(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_bench("--tiny", "--seconds", "4", "--learning-starts", "200", "--skip-rllib", "--score-seeds", "1",
-                     "--score-threshold", "-1", "--json", str(out), "--quiet", timeout=600)
+                     "--score-threshold", "-1", "--profile", str(tmp_path / "profile"), "--json", str(out), "--quiet",
+                     timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr == ""  # --quiet
     report = json.loads(out.read_text())
@@ -63,6 +64,12 @@ def test_bench_writes_every_section_under_stable_keys(tmp_path):
     assert minatar["game"] == "MinAtar/SpaceInvaders" and minatar["rllib_env_steps_per_s"] is None
     assert minatar["bytes_per_transition"] < 1100  # uint8 cells (1,000 B per frame), not a float grid
     assert report["time_to_score"]["runs"]["ours"][0] is not None  # threshold -1: the first evaluation reaches it
+    # --profile: every process of a second run of our trainer sampled by py-spy, sorted into phases
+    phases = minatar["phases"]
+    assert {"learner", "env_actor_0", "env_actor_1", "driver"} <= set(phases["processes"])
+    assert {path.name for path in (tmp_path / "profile").iterdir()} >= {"learner.txt", "driver.txt"}
+    assert sum(phases["shares"].values()) == pytest.approx(1.0)
+    assert phases["shares"]["update: backward"] > 0 and phases["processes"]["learner"]["busy_fraction"] > 0.2
 
 
 def test_sections_subset_and_bad_input(tmp_path):
@@ -71,7 +78,7 @@ def test_sections_subset_and_bad_input(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"device", "config", "replay", "targets"} == set(json.loads(out.read_text())) - {"wall_s"}
     for bad in (["--sections", "replay,gpu"], ["--seconds", "0"], ["--learner-threads", "0"],
-                ["--game", "NoSuchGame", "--sections", "replay"]):
+                ["--game", "NoSuchGame", "--sections", "replay"], ["--sections", "replay", "--profile", str(tmp_path)]):
         proc = run_bench(*bad, "--quiet")
         assert proc.returncode == 2 and "error" in proc.stderr, (bad, proc.stderr[-500:])
 
@@ -129,3 +136,39 @@ def test_bench_config_is_the_paper_network_on_one_game():
     assert config.agent.network.hidden == 1024 and config.agent.learning_starts == 300
     assert config.eval.every_frames == 0 and config.actors.learner_threads == 1
     assert dataclasses.asdict(config.env)["frame_skip"] == 4
+
+
+def test_profile_samples_are_sorted_into_the_trainers_phases(tmp_path):
+    from perf.phases import WAITING, classify, phase_shares
+
+    ray_task = ("<module> (ray/_private/workers/default_worker.py:323);Worker.main_loop (ray/_private/worker.py:1069);"
+                "FunctionActorManager._make_actor_method_executor.<locals>.actor_method_executor "
+                "(ray/_private/function_manager.py:740)")
+    update = f"{ray_task};LearnerService.train (training/services.py:106);Learner.update (agents/dqn/learning.py:95)"
+    stacks = {  # py-spy --format raw lines as the learner, an env actor and the driver produce them
+        f"{update};Tensor.backward (torch/_tensor.py:623);_engine_run_backward (torch/autograd/graph.py:979)": 30,
+        f"{update};q_taken_and_targets (agents/dqn/losses.py:89);Linear.forward (torch/nn/modules/linear.py:134)": 50,
+        f"{ray_task};LearnerService.train (training/services.py:102);TaskReplay.sample (agents/replay.py:300)": 5,
+        f"{update};Learner._optimizer_step (agents/dqn/learning.py:150);rmsprop_update_ (agents/optimizer.py:57)": 10,
+        "<module> (ray/_private/workers/default_worker.py:323);Worker.main_loop (ray/_private/worker.py:1069)": 400,
+        "Thread._bootstrap (threading.py:1002);PythonGCThread.run (ray/_private/gc_collect_manager.py:29);"
+        "Event.wait (threading.py:629);Condition.wait (threading.py:327)": 500,
+    }
+    actor = {
+        f"{ray_task};_EnvActor.collect_split (training/actors.py:30);EnvRunner.collect (agents/dqn/actor.py:120);"
+        "EnvRunner.act (agents/dqn/actor.py:103);Conv2d._conv_forward (torch/nn/modules/conv.py:560)": 8,
+        f"{ray_task};_EnvActor.collect_split (training/actors.py:30);EnvRunner.collect (agents/dqn/actor.py:121);"
+        "MinAtarEnv.step (envs/minatar.py:90)": 2,
+    }
+    assert classify(next(iter(stacks))) == "update: backward"
+    assert classify("x (a.py:1);wait (ray/_private/worker.py:3237)") == WAITING
+    files = {}
+    for role, lines in (("learner", stacks), ("env_actor_0", actor)):
+        files[role] = tmp_path / f"{role}.txt"
+        files[role].write_text("".join(f"{stack} {count}\n" for stack, count in lines.items()))
+    result = phase_shares(files, seconds=1.0, rate_hz=100)
+    assert result["cpu_s"] == pytest.approx(1.05)  # 105 working samples at 100 Hz; waits are not CPU time
+    assert result["shares"]["update: forward passes"] == pytest.approx(50 / 105)
+    assert result["shares"]["acting forward pass"] == pytest.approx(8 / 105)
+    assert result["shares"]["env step"] == pytest.approx(2 / 105)
+    assert result["processes"]["learner"]["busy_fraction"] == pytest.approx(0.95)
