@@ -36,16 +36,26 @@ def rmsprop_update_(
     params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor] | None,
     *, lr: float, alpha: float, eps: float,
     pull_scales: list[Tensor] | None = None, pull_anchors: list[Tensor] | None = None,
+    pull_scratch: list[Tensor] | None = None,
 ) -> None:
     """One RMSProp step on lists of tensors, in place (`grad_avgs` only for the centered form).
 
     With `pull_scales` s and `pull_anchors` a (one each per parameter), the step follows
-    grads + s * (params - a); `grads` themselves are left as they are.
+    grads + s * (params - a); `grads` themselves are left as they are. `pull_scratch`: buffers
+    shaped like `params` for that sum (the eager step: no fresh temporaries over every weight);
+    without them the sum is a temporary, which the compiled step fuses away.
     """
     if pull_scales is not None:
-        pulls = torch._foreach_sub(params, pull_anchors)
-        torch._foreach_mul_(pulls, pull_scales)
-        grads = torch._foreach_add(grads, pulls)
+        if pull_scratch is None:
+            pulls = torch._foreach_sub(params, pull_anchors)
+            torch._foreach_mul_(pulls, pull_scales)
+            torch._foreach_add_(pulls, grads)
+        else:  # two passes, each writing into the scratch buffer
+            for p, g, s, a, d in zip(params, grads, pull_scales, pull_anchors, pull_scratch):
+                torch.sub(p, a, out=d)
+                torch.addcmul(g, s, d, out=d)
+            pulls = pull_scratch
+        grads = pulls
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if grad_avgs is not None:
@@ -115,6 +125,7 @@ class RMSProp(torch.optim.Optimizer):
                     if group["centered"]:
                         state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             hyper = {"lr": group["lr"], "alpha": group["alpha"], "eps": group["eps"]}
+            eager = update is rmsprop_update_
             # One call for the pulled parameters, one for the rest (the compiled form specialises on each).
             for part, with_pull in (([p for p in params if id(p) in pulled], True),
                                     ([p for p in params if id(p) not in pulled], False)):
@@ -125,9 +136,18 @@ class RMSProp(torch.optim.Optimizer):
                     [self.state[p]["grad_avg"] for p in part] if group["centered"] else None,
                     pull_scales=[pulled[id(p)][0] for p in part] if with_pull else None,
                     pull_anchors=[pulled[id(p)][1] for p in part] if with_pull else None,
+                    pull_scratch=[self._scratch(p) for p in part] if with_pull and eager else None,
                     **hyper,
                 )
         return loss
+
+    def _scratch(self, p: Tensor) -> Tensor:
+        """A buffer shaped like `p` for the eager step's pulled gradient (not saved with the state)."""
+        buffers = self.__dict__.setdefault("_pull_scratch", {})  # torch's pickling and copying keep only the state
+        scratch = buffers.get(id(p))
+        if scratch is None or scratch.shape != p.shape or scratch.device != p.device:
+            scratch = buffers[id(p)] = torch.empty_like(p)
+        return scratch
 
 
 def compiled_optimizer_step(optimizer: RMSProp) -> Callable[[], None]:

@@ -58,7 +58,7 @@ class EWCPenalty:
         self.mean: dict[str, Tensor] = {}  # mu = Fisher-weighted mean of the anchors
         self.residual = 0.0  # R summed over all elements, float64: only the penalty's value needs it
         self.num_tasks = 0
-        self._diffs: list[Tensor] | None = None  # scratch for add_gradient_, allocated once
+        self._diffs: list[Tensor] | None = None  # scratch for add_gradient_ and value, allocated once
         self._scaled: list[Tensor] | None = None  # lambda A: gradient_terms
 
     def _selected(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -142,6 +142,23 @@ class EWCPenalty:
         torch._foreach_add_(grads, scaled, alpha=self.lam)
         quadratic = torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(scaled, self._diffs)]).sum()
         return 0.5 * self.lam * (quadratic + self.residual)
+
+    @torch.no_grad()
+    def value(self, model: nn.Module) -> Tensor:
+        """`penalty(model)`'s value without autograd, through one preallocated scratch buffer (what a
+        training loop logs; fresh temporaries over millions of weights cost page faults every call)."""
+        if not self.precision:
+            return torch.zeros(())
+        named = dict(model.named_parameters())
+        params = [named[n] for n in self.precision]
+        if self._diffs is None or self._diffs[0].device != params[0].device:
+            self._diffs = [torch.empty_like(m) for m in self.mean.values()]
+        quadratic = params[0].new_zeros((), dtype=torch.float64)
+        for p, m, a, d in zip(params, self.mean.values(), self.precision.values(), self._diffs):
+            torch.sub(p, m, out=d)
+            d.square_()
+            quadratic += torch.dot(a.flatten(), d.flatten()).double()
+        return (0.5 * self.lam * (quadratic + self.residual)).float()
 
     def gradient_terms(self) -> tuple[list[str], list[Tensor], list[Tensor]]:
         """The penalty's gradient lambda A (theta - mu) as its terms: (names, lambda A, mu).

@@ -1,7 +1,7 @@
 """Benchmark: our trainer side by side with RLlib's DQN and the hardware limit, in one run on this machine.
 
 Examples:
-  python run.py bench --json bench.json                       # everything (~6 minutes on 2 cores)
+  python run.py bench --json bench.json                       # everything (under 20 minutes on 2 cores)
   python run.py bench --json bench.json --seconds 120         # longer training windows, steadier figures
   python run.py bench --sections replay,fisher,ewc --json quick.json
   python run.py bench --skip-rllib --json bench.json          # machines without ray[rllib]
@@ -61,8 +61,8 @@ TARGETS = {  # the project's targets on a 2-core CPU machine (docs/performance.m
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", default=None, metavar="OUT.json",
                         help="write the results here (default: print them on stdout)")
-    parser.add_argument("--seconds", type=float, default=60.0,
-                        help="measurement window of each training system after learning started (default 60); "
+    parser.add_argument("--seconds", type=float, default=30.0,
+                        help="measurement window of each training system after learning started (default 30); "
                              "the micro-benchmarks scale with it")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
@@ -86,8 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=10.0,
                         help="the greedy evaluation score time_to_score waits for (default 10; random play: 2.8)")
     parser.add_argument("--score-seeds", type=int, default=3, help="seeds per system in time_to_score (default 3)")
-    parser.add_argument("--score-cap-s", type=float, default=240.0,
-                        help="a time_to_score run that has not reached the score by then is stopped (default 240)")
+    parser.add_argument("--score-cap-s", type=float, default=120.0,
+                        help="a time_to_score run that has not reached the score by then is stopped (default 120)")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="minatar section: sample every process of our trainer with py-spy (needs py-spy) during "
                              "its measurement window, keep the raw samples in DIR and report per-phase shares "
@@ -367,7 +367,8 @@ class Bench:
         from perf.rllib_dqn import config_notes, measure_rllib
 
         shown = threads or "torch's default number of"
-        self.say(f"RLlib DQN: {self.game}, {shown} learner threads, measuring {self.seconds:g} s after learning starts")
+        self.say(f"RLlib DQN: {(config or self.run_config).games[0]}, {shown} learner threads, "
+                 f"measuring {self.seconds:g} s after learning starts")
         if "notes" not in self.report:
             self.report["notes"] = config_notes(self.run_config, self.fragment)
         init_local_ray()
@@ -469,6 +470,8 @@ class Bench:
             "ours_s": medians["ours"], "loop_s": medians["loop"], "rllib_s": medians["rllib"],
             "ours_over_loop": ratio(medians["ours"], medians["loop"]),
             "ours_over_rllib": ratio(medians["ours"], medians["rllib"]),
+            # RLlib's median past the cap: the ratio is below ours / cap
+            "ours_over_rllib_at_most": ratio(medians["ours"], medians["rllib"] or (cap if runs["rllib"] else None)),
             "runs": {name: [r["seconds"] for r in values] for name, values in runs.items()},
             "evaluations": {name: [r["evaluations"] for r in values] for name, values in runs.items()},
         }
@@ -498,6 +501,8 @@ class Bench:
                 out["time_to_score_le_0.7x_loop"] = t["ours_over_loop"] <= TARGETS["time_to_score_over_loop_max"]
             if t["ours_over_rllib"] is not None:
                 out["time_to_score_le_0.33x_rllib"] = t["ours_over_rllib"] <= TARGETS["time_to_score_over_rllib_max"]
+            elif t["ours_over_rllib_at_most"] is not None and t["ours_over_rllib_at_most"] <= TARGETS["time_to_score_over_rllib_max"]:
+                out["time_to_score_le_0.33x_rllib"] = True  # RLlib did not reach the score within the cap
         return out
 
 

@@ -285,7 +285,7 @@ def ewc_overhead(
         for p in learner.online.parameters():
             p.grad = torch.zeros_like(p)
         return (lambda: learner._optimizer_step(learner._ewc_pull()), learner._optimizer_step,
-                lambda: learner.ewc.penalty(learner.online))
+                lambda: learner.ewc.value(learner.online))
 
     def measure() -> tuple[dict[str, list[float]], dict[str, float]]:
         updates = interleaved_samples({name: update_with(name) for name in states}, seconds=seconds, block=2)

@@ -99,6 +99,7 @@ def throughput(config: RunConfig, *, seconds: float, run_ours, run_rllib, say) -
         "ours_env_steps_per_s": ours["env_steps_per_s"],
         "ours_updates_per_s": ours["updates_per_s"],
         "ours_learner_busy_fraction": ours["learner_busy_fraction"],
+        "ours_learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
         "loop_env_steps_per_s": loop["env_steps_per_s"],
         "loop_updates_per_s": loop["updates_per_s"],
         "rllib_env_steps_per_s": None if rllib is None else rllib["env_steps_per_s"],

@@ -101,8 +101,7 @@ class Learner:
         if self.ewc_active():
             if report_penalty:
                 self.last_ewc_grad_ratios = self._ewc_grad_ratios()
-                with torch.no_grad():
-                    self.last_penalty = self.ewc.penalty(self.online)
+                self.last_penalty = self.ewc.value(self.online)
             pull = self._ewc_pull()
             penalty = self.last_penalty
         else:

@@ -180,6 +180,7 @@ def test_closed_form_gradient_matches_autograd():
     loss.backward()
     closed = ewc.add_gradient_(model)
     torch.testing.assert_close(closed, value.detach())
+    torch.testing.assert_close(ewc.value(model), value.detach())  # the logged value, from a scratch buffer
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[n])
         if n.endswith("bias"):  # not anchored: only the task loss's gradient

@@ -31,8 +31,8 @@ SECTION_KEYS = {
                "raw_env_steps_per_s_one_process", "act_forward_ms"},
     "minatar": {"ours_env_steps_per_s", "loop_env_steps_per_s", "rllib_env_steps_per_s", "limit_env_steps_per_s",
                 "bare_learner_updates_per_s", "actor_env_steps_per_s", "ours_over_loop", "ours_fraction_of_limit",
-                "bytes_per_transition"},
-    "time_to_score": {"ours_s", "loop_s", "rllib_s", "threshold", "game", "seeds", "cap_s", "runs"},
+                "bytes_per_transition", "ours_learner_cpu_per_busy_s"},
+    "time_to_score": {"ours_s", "loop_s", "rllib_s", "threshold", "game", "seeds", "cap_s", "runs", "ours_over_rllib_at_most"},
 }
 
 
