@@ -22,8 +22,9 @@ Sections (--sections, comma-separated; default all):
   time_to_score  wall-clock seconds until each system's greedy evaluation first reaches
            --score-threshold on MinAtar SpaceInvaders, from scratch, median over --score-seeds seeds
 
-With --profile DIR (needs py-spy), the minatar section also samples every process of our trainer
-during its measurement window and reports where its CPU time goes, per phase (minatar.phases).
+With --profile DIR (needs py-spy), the minatar section also runs our trainer a second time, samples
+all its processes in that run's measurement window and reports where its CPU time goes, per phase
+(minatar.phases).
 
 Figures that are compared are measured in the same invocation (absolute numbers on a shared
 machine drift; ratios much less). The JSON has one stable key per figure; progress goes to
@@ -89,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-cap-s", type=float, default=120.0,
                         help="a time_to_score run that has not reached the score by then is stopped (default 120)")
     parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="minatar section: sample every process of our trainer with py-spy (needs py-spy) during "
-                             "its measurement window, keep the raw samples in DIR and report per-phase shares "
+                        help="minatar section: run our trainer a second time and sample all its processes with "
+                             "py-spy (needs py-spy), keep the raw samples in DIR and report per-phase shares "
                              "under minatar.phases")
     parser.add_argument("--tiny", action="store_true",
                         help="a small network (configs/smoke.yaml's) instead of the paper's: for tests, not for figures")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ class Measurement(TrainerHook):
 
 
 def measure_ours(config: RunConfig, run_dir: Path, *, seconds: float, warmup_s: float, quiet: bool,
-                 ewc_tasks: int = 1, hooks: list[TrainerHook] = ()) -> dict[str, Any]:
+                 ewc_tasks: int = 1, hooks: Sequence[TrainerHook] = ()) -> dict[str, Any]:
     """Run our trainer (needs `ray.init`) and return its steady-state rates (see `Measurement`);
     `hooks` watch the same run (e.g. `perf.phases.ProfileWindow`)."""
     measurement = Measurement(config, seconds=seconds, warmup_s=warmup_s, ewc_tasks=ewc_tasks)
