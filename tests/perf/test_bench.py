@@ -145,7 +145,7 @@ def test_profile_samples_are_sorted_into_the_trainers_phases(tmp_path):
                 "FunctionActorManager._make_actor_method_executor.<locals>.actor_method_executor "
                 "(ray/_private/function_manager.py:740)")
     update = f"{ray_task};LearnerService.train (training/services.py:106);Learner.update (agents/dqn/learning.py:95)"
-    stacks = {  # py-spy --format raw lines as the learner, an env actor and the driver produce them
+    stacks = {  # py-spy --format raw lines as the learner produces them (and an env actor's below)
         f"{update};Tensor.backward (torch/_tensor.py:623);_engine_run_backward (torch/autograd/graph.py:979)": 30,
         f"{update};q_taken_and_targets (agents/dqn/losses.py:89);Linear.forward (torch/nn/modules/linear.py:134)": 50,
         f"{ray_task};LearnerService.train (training/services.py:102);TaskReplay.sample (agents/replay.py:300)": 5,
