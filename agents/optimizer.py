@@ -111,6 +111,7 @@ class RMSProp(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         pulled = {id(p): (s, a) for p, s, a in zip(pull.params, pull.scales, pull.anchors)} if pull else {}
+        eager = update is rmsprop_update_  # the compiled update fuses its temporaries away; the eager one gets scratch
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None and id(p) in pulled:
@@ -125,7 +126,6 @@ class RMSProp(torch.optim.Optimizer):
                     if group["centered"]:
                         state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             hyper = {"lr": group["lr"], "alpha": group["alpha"], "eps": group["eps"]}
-            eager = update is rmsprop_update_
             # One call for the pulled parameters, one for the rest (the compiled form specialises on each).
             for part, with_pull in (([p for p in params if id(p) in pulled], True),
                                     ([p for p in params if id(p) not in pulled], False)):

@@ -58,7 +58,7 @@ class EWCPenalty:
         self.mean: dict[str, Tensor] = {}  # mu = Fisher-weighted mean of the anchors
         self.residual = 0.0  # R summed over all elements, float64: only the penalty's value needs it
         self.num_tasks = 0
-        self._diffs: list[Tensor] | None = None  # scratch for add_gradient_ and value, allocated once
+        self._diffs: list[Tensor] | None = None  # scratch for value, allocated once
         self._scaled: list[Tensor] | None = None  # lambda A: gradient_terms
 
     def _selected(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -115,10 +115,11 @@ class EWCPenalty:
     def add_gradient_(self, model: nn.Module, *, with_value: bool = True) -> Tensor | None:
         """Add the penalty's gradient lambda * A * (theta - mu) to the parameters' `.grad`; return its value.
 
-        The same gradient and value as `penalty(model).backward()`, in closed form with
-        preallocated buffers instead of an autograd graph: it is what a training loop calls
-        after the task loss's backward, where the penalty's cost per update matters. The value
-        costs two more passes over the parameters; `with_value=False` skips it (returns None).
+        The same gradient and value as `penalty(model).backward()`, in closed form instead of an
+        autograd graph, for a training loop with any torch optimizer to call after the task loss's
+        backward. The value (`value`) costs two more passes over the parameters; `with_value=False`
+        skips it (returns None). `agents.optimizer.RMSProp` takes the gradient inside its own step
+        instead (`gradient_terms`).
         """
         if not self.precision:
             return torch.zeros(()) if with_value else None
@@ -127,21 +128,11 @@ class EWCPenalty:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        if not with_value:
-            _, scales, anchors = self.gradient_terms()
-            pulls = torch._foreach_sub(params, anchors)
-            torch._foreach_mul_(pulls, scales)
-            torch._foreach_add_(grads, pulls)
-            return None
-        if self._diffs is None or self._diffs[0].device != params[0].device:
-            self._diffs = [torch.empty_like(m) for m in self.mean.values()]
-        for p, m, d in zip(params, self.mean.values(), self._diffs):
-            torch.sub(p, m, out=d)
-        scaled = torch._foreach_mul(self._diffs, list(self.precision.values()))  # A (theta - mu)
-        torch._foreach_add_(grads, scaled, alpha=self.lam)
-        quadratic = torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(scaled, self._diffs)]).sum()
-        return 0.5 * self.lam * (quadratic + self.residual)
+        _, scales, anchors = self.gradient_terms()
+        pulls = torch._foreach_sub(params, anchors)
+        torch._foreach_mul_(pulls, scales)
+        torch._foreach_add_([p.grad for p in params], pulls)
+        return self.value(model) if with_value else None
 
     @torch.no_grad()
     def value(self, model: nn.Module) -> Tensor:

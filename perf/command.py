@@ -135,8 +135,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
     if args.profile:
         if "minatar" not in sections:
             raise UsageError("--profile samples the minatar section's run of our trainer: include minatar in --sections")
-        if shutil.which("py-spy") is None:
-            raise UsageError("--profile needs py-spy on PATH: pip install py-spy")
+        from perf.phases import require_py_spy
+
+        require_py_spy()  # before the other sections' minutes, not after them
     return sections
 
 

@@ -6,8 +6,8 @@
 marker appears in its stack, and reports per phase the CPU seconds (samples not waiting) and
 their share of the trainer's CPU time, plus each process's busy fraction.
 
-py-spy is a development tool, not a dependency: without it on PATH the hook says so and the
-benchmark reports no phases. Sampling a process needs ptrace rights over it (the same user, and
+py-spy is a development tool (the `test` extra installs it), not a dependency: `require_py_spy`
+refuses without it. Sampling a process needs ptrace rights over it (the same user, and
 `kernel.yama.ptrace_scope` 0 or root).
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from common.errors import UsageError
 from training.hooks import TrainerHook
 
 RATE_HZ = 100  # py-spy samples per second per process
@@ -48,6 +48,14 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
 WAIT_FRAMES = ("Condition.wait", "Event.wait", "Queue.get", "Worker.main_loop", "wait (ray/_private/worker.py",
                "get (ray/_private/worker.py", "listen_error_messages", "Worker.print_logs", "select (selectors.py",
                "sleep", "_wait_once")
+
+
+def require_py_spy() -> str:
+    """The py-spy executable on PATH, or a usage error saying how to get it."""
+    path = shutil.which("py-spy")
+    if path is None:
+        raise UsageError("--profile needs py-spy on PATH: pip install py-spy")
+    return path
 
 
 def classify(stack: str) -> str:
@@ -96,13 +104,11 @@ class ProfileWindow(TrainerHook):
 
     def __init__(self, out_dir: Path, *, seconds: float, delay_s: float, say=print):
         self.out_dir, self.seconds, self.delay_s, self.say = Path(out_dir), seconds, delay_s, say
-        self.py_spy = shutil.which("py-spy")
+        self.py_spy = require_py_spy()
         self.files: dict[str, Path] = {}
         self._learning_since: float | None = None
         self._procs: list[subprocess.Popen] = []
         self._run_dir: Path | None = None
-        if self.py_spy is None:
-            self.say("profile: py-spy is not on PATH (pip install py-spy): no phase profile")
 
     def after_start(self, trainer) -> None:
         self._run_dir = trainer.run_dir
@@ -111,7 +117,7 @@ class ProfileWindow(TrainerHook):
         now = time.monotonic()
         if self._learning_since is None:
             self._learning_since = now
-        if self.py_spy and not self._procs and now - self._learning_since >= self.delay_s:
+        if not self._procs and now - self._learning_since >= self.delay_s:
             self._start(self._pids())
 
     def _pids(self) -> dict[str, int]:
@@ -150,10 +156,8 @@ class ProfileWindow(TrainerHook):
         return phase_shares(files, self.seconds)
 
 
-def format_shares(result: dict[str, Any], roles: Iterable[str] | None = None) -> str:
+def format_shares(result: dict[str, Any]) -> str:
     """A few lines for the terminal: shares of the trainer's CPU time, then each process's busy fraction."""
     lines = [f"  {share:6.1%}  {phase}" for phase, share in result["shares"].items()]
-    for role, process in result["processes"].items():
-        if roles is None or role in roles:
-            lines.append(f"  {role}: busy {process['busy_fraction']:.0%} of the window")
+    lines += [f"  {role}: busy {process['busy_fraction']:.0%} of the window" for role, process in result["processes"].items()]
     return "\n".join(lines)
