@@ -21,11 +21,14 @@ reference scores); see docs/reporting.md for the exact definitions:
                       network's score (needs the run's "initial" evaluation round)
   round_forgetting    the share of a just-learned game's score lost by the end of its round
 and, for MinAtar games, whether each learned in its first visit: its score against random play
-and against the published DQN at the same number of agent steps.
+and against the published DQN at the same number of agent steps. Runs whose configs differ only
+in seed (and name) are also summarised together: each metric's mean and standard error over the
+seeds, and each game's first visits (mean and weakest run).
 
 Examples:
   python run.py report runs/smoke
   python run.py report runs/paper runs/paper_no_ewc runs/paper_fmn --out results/compare
+  python run.py report runs/minatar_s{0,1,2} runs/minatar_no_ewc_s{0,1,2} --out report/minatar
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from reporting.metrics import (
     first_visit_learning,
 )
 from reporting.runs import RunLog, expand_run_dirs, load_run
+from reporting.seeds import seed_groups, seed_groups_text
 
 SCALE_NAMES = {NORMALIZED: "normalised", RAW: "raw"}
 FULL_EPISODE_FRAMES = 108_000  # the 30-minute Atari episodes the human reference scores were measured on
@@ -197,8 +201,34 @@ def _learning_table(learning: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _stat(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "&ndash;"
+    return _fmt(stat["mean"]) + ("" if stat["stderr"] is None else f" &plusmn; {_fmt(stat['stderr'])}")
+
+
+def _seed_groups_html(groups: Sequence[dict[str, Any]]) -> str:
+    parts = ["<h2>Across seeds</h2><p>Runs whose configs differ only in seed: mean &plusmn; standard error "
+             "over the seeds; for each game's first visit also the weakest run.</p>"]
+    for group in groups:
+        parts.append(f"<h3>{html.escape(group['name'])}: {len(group['runs'])} seeds "
+                     f"({html.escape(', '.join(group['runs']))})</h3><table><tr>"
+                     + "".join(f"<th>{name.replace('_', ' ')}</th>" for name in METRIC_NAMES) + "</tr><tr>"
+                     + "".join(f"<td>{_stat(group['metrics'][name])}</td>" for name in METRIC_NAMES) + "</tr></table>")
+        if group["learning"]:
+            rows = "".join(
+                f"<tr><td>{html.escape(game)}</td><td>{_stat(stats['score'])}</td><td>{_fmt(stats['score']['min'])}</td>"
+                f"<td>{_stat(stats['of_published'])}</td><td>{_fmt(stats['of_published']['min'])}</td>"
+                f"<td>{_stat(stats['of_random'])}</td><td>{_fmt(stats['of_random']['min'])}</td></tr>"
+                for game, stats in group["learning"].items())
+            parts.append("<table><tr><th>first visit</th><th>score</th><th>weakest</th><th>score / DQN</th>"
+                         f"<th>weakest</th><th>score / random</th><th>weakest</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
 def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], analyses: Sequence[Analysis],
-                figures: dict[str, Path], run_figures: Sequence[dict[str, Path]]) -> str:
+                figures: dict[str, Path], run_figures: Sequence[dict[str, Path]],
+                groups: Sequence[dict[str, Any]] = ()) -> str:
     """The report page: summary table, shared figures, then each run's metrics, matrix and figures."""
     names = ", ".join(html.escape(run.name) for run in runs)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report: {names}</title>"
@@ -216,6 +246,8 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
             + "".join(f"<td>{_fmt(metrics.get(name))}</td>" for name in METRIC_NAMES) + "</tr>"
         )
     parts.append("</table>")
+    if groups:
+        parts.append(_seed_groups_html(groups))
     capped = [run.name for run in runs if run.config.eval.max_episode_frames < FULL_EPISODE_FRAMES
               and any(family_of(game).name == "atari" for game in run.games)]
     if capped:
@@ -247,11 +279,12 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
 def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Plain-text metrics per run for stdout."""
     width = max(len(s["name"]) for s in summaries) + 2
-    lines = ["run".ljust(width) + "".join(name.rjust(20) for name in METRIC_NAMES)]
+    columns = [max(12, len(name) + 2) for name in METRIC_NAMES]
+    lines = ["run".ljust(width) + "".join(name.rjust(c) for name, c in zip(METRIC_NAMES, columns))]
     for s in summaries:
         metrics = s["metrics"] or {}
         cells = ["-" if metrics.get(n) is None else f"{metrics[n]:.4g}" for n in METRIC_NAMES]
-        lines.append(s["name"].ljust(width) + "".join(c.rjust(20) for c in cells))
+        lines.append(s["name"].ljust(width) + "".join(cell.rjust(c) for cell, c in zip(cells, columns)))
     return "\n".join(lines)
 
 
@@ -292,13 +325,15 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *
         run_figures.append(own)
     progress(f"plots written to {out}")
 
-    page = render_html(runs, summaries, analyses, figures, run_figures)
+    groups = seed_groups(runs, summaries, METRIC_NAMES)
+    page = render_html(runs, summaries, analyses, figures, run_figures, groups)
     try:
         (out / "report.html").write_text(page, encoding="utf-8")
     except OSError as err:
         raise UsageError(f"cannot write {out / 'report.html'}: {err.strerror or err}") from err
     report = {
         "runs": summaries,
+        "seed_groups": groups,
         "plots": {kind: path.name for kind, path in figures.items()},
         "html": "report.html",
     }
@@ -311,4 +346,6 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     report = make_report(args.run_dirs, args.out, progress=progress)
     print(summary_table(report["runs"]))
+    if report["seed_groups"]:
+        print(seed_groups_text(report["seed_groups"], METRIC_NAMES))
     return 0

@@ -14,22 +14,41 @@ import yaml
 
 import run
 from reporting.metrics import LATEST_ROUND, EvalRound, build_matrix, continual_metrics
+from reporting.runs import load_run
+from reporting.seeds import seed_groups, seed_groups_text
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOG_FILES = ("config.yaml", "eval.jsonl", "metrics.jsonl")  # what a report reads (checkpoints are not needed)
 
 
-def copy_run(source: Path, target: Path, run_name: str | None = None) -> Path:
-    """A copy of a run's logs, optionally renamed (a second run for comparisons, without training one)."""
+def copy_run(source: Path, target: Path, run_name: str | None = None, **changes) -> Path:
+    """A copy of a run's logs, optionally renamed or with other config entries changed (a second run for
+    comparisons, without training one); changes to a section go as section={key: value}."""
     target.mkdir(parents=True)
     for name in LOG_FILES:
         shutil.copy(source / name, target / name)
-    if run_name is not None:
+    if run_name is not None or changes:
         config = yaml.safe_load((target / "config.yaml").read_text())
-        config["run_name"] = run_name
+        if run_name is not None:
+            config["run_name"] = run_name
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                config[key].update(value)
+            else:
+                config[key] = value
         (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return target
+
+
+def shift_scores(run_dir: Path, score: float, normalized: float) -> None:
+    """Add to every evaluation score of a run (a run that played differently, without training one)."""
+    records = read_jsonl(run_dir / "eval.jsonl")
+    for record in records:
+        for entry in record["games"].values():
+            entry["score"] += score
+            entry["normalized"] = None if entry["normalized"] is None else entry["normalized"] + normalized
+    (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -209,13 +228,9 @@ def test_report_compares_runs_and_defaults_to_the_first_runs_folder(tiny_run, tm
     first = copy_run(tiny_run, tmp_path / "a" / "tiny")
     second = copy_run(tiny_run, tmp_path / "b" / "no_ewc", run_name="no_ewc")
     # Give the second run different scores, so its curve and metrics must come from its own file.
-    records = read_jsonl(second / "eval.jsonl")
-    for record in records:
-        for entry in record["games"].values():
-            entry["score"] += 1.0
-            entry["normalized"] = None if entry["normalized"] is None else entry["normalized"] + 0.5
-        record["capped_sum"] += 0.25
-    (second / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "fin')  # + a cut line
+    shift_scores(second, 1.0, 0.5)
+    with open(second / "eval.jsonl", "a") as handle:
+        handle.write('{"kind": "fin')  # a cut line
     third = copy_run(tiny_run, tmp_path / "c" / "tiny")  # the same run name as the first
 
     assert run.main(["report", str(first), str(second), str(third)]) == 0
@@ -232,6 +247,41 @@ def test_report_compares_runs_and_defaults_to_the_first_runs_folder(tiny_run, tm
     assert b["forgetting"] == pytest.approx(a["forgetting"])  # a constant shift forgets nothing more
     page = (out / "report.html").read_text()
     assert "no_ewc" in page and page.count("data:image/png;base64,") == 2 + 3 * 2
+
+
+def test_runs_that_differ_only_in_seed_are_summarised_together(tiny_run, tmp_path, capsys):
+    seeds = [copy_run(tiny_run, tmp_path / f"tiny_s{seed}", run_name=f"tiny_s{seed}", seed=seed) for seed in (0, 1, 2)]
+    shift_scores(seeds[1], 2.0, 0.3)
+    shift_scores(seeds[2], 4.0, 0.9)
+    other = copy_run(tiny_run, tmp_path / "strong", run_name="strong", agent={"ewc_lambda": 1000.0})  # another experiment
+    out = tmp_path / "report"
+    assert run.main(["report", *map(str, seeds), str(other), "--out", str(out), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+
+    report = json.loads((out / "report.json").read_text())
+    (group,) = report["seed_groups"]  # the run with another lambda is not one of the seeds
+    assert group["name"] == "tiny" and group["runs"] == ["tiny_s0", "tiny_s1", "tiny_s2"] and group["seeds"] == [0, 1, 2]
+    finals = [r["metrics"]["average_final"] for r in report["runs"][:3]]
+    assert finals[1] == pytest.approx(finals[0] + 0.3) and finals[2] == pytest.approx(finals[0] + 0.9)
+    stat = group["metrics"]["average_final"]
+    assert stat["n"] == 3 and stat["mean"] == pytest.approx(finals[0] + 0.4)
+    # sample standard deviation of (0, 0.3, 0.9) over sqrt(3)
+    assert stat["stderr"] == pytest.approx((((0.4 ** 2 + 0.1 ** 2 + 0.5 ** 2) / 2) ** 0.5) / 3 ** 0.5)
+    assert stat["min"] == pytest.approx(finals[0]) and stat["max"] == pytest.approx(finals[2])
+    assert "tiny: 3 seeds (0, 1, 2), mean ± standard error" in stdout
+    assert "Across seeds" in (out / "report.html").read_text()
+
+
+def test_first_visits_across_seeds_give_the_mean_and_the_weakest_run(tiny_run, tmp_path):
+    runs = [load_run(copy_run(tiny_run, tmp_path / f"s{seed}", run_name=f"game_s{seed}", seed=seed)) for seed in (0, 1)]
+    summaries = [{"name": run.name, "metrics": None, "learning": {"MinAtar/Freeway": {
+        "score": score, "of_published": score / 4.0, "of_random": score / 0.1}}} for run, score in zip(runs, (0.0, 30.0))]
+    (group,) = seed_groups(runs, summaries, ["average_final"])
+    freeway = group["learning"]["MinAtar/Freeway"]
+    assert freeway["score"]["mean"] == 15.0 and freeway["score"]["min"] == 0.0 and freeway["score"]["stderr"] == 15.0
+    assert freeway["of_published"]["min"] == 0.0 and freeway["of_published"]["max"] == 7.5
+    assert group["metrics"]["average_final"] == {"n": 0, "mean": None, "stderr": None, "min": None, "max": None}
+    assert "first visit MinAtar/Freeway: score 15 ± 15 (weakest 0)" in seed_groups_text([group], ["average_final"])
 
 
 def test_help_describes_the_command(capsys):
