@@ -211,8 +211,8 @@ def _seed_groups_html(groups: Sequence[dict[str, Any]]) -> str:
     parts = ["<h2>Across seeds</h2><p>Runs whose configs differ only in seed: mean &plusmn; standard error "
              "over the seeds; for each game's first visit also the weakest run.</p>"]
     for group in groups:
-        parts.append(f"<h3>{html.escape(group['name'])}: {len(group['runs'])} seeds "
-                     f"({html.escape(', '.join(group['runs']))})</h3><table><tr>"
+        parts.append(f"<h3>{html.escape(group['name'])}: {len(group['runs'])} runs "
+                     f"({html.escape(', '.join(group['runs']))}; seed {', '.join(map(str, group['seeds']))})</h3><table><tr>"
                      + "".join(f"<th>{name.replace('_', ' ')}</th>" for name in METRIC_NAMES) + "</tr><tr>"
                      + "".join(f"<td>{_stat(group['metrics'][name])}</td>" for name in METRIC_NAMES) + "</tr></table>")
         if group["learning"]:

@@ -81,7 +81,7 @@ def seed_groups_text(groups: Sequence[dict[str, Any]], metric_names: Sequence[st
     """Plain-text summary for stdout: metrics as mean ± standard error, then each game's first visits."""
     lines = []
     for group in groups:
-        lines.append(f"{group['name']}: {len(group['runs'])} seeds ({', '.join(map(str, group['seeds']))}), "
+        lines.append(f"{group['name']}: {len(group['runs'])} runs (seed {', '.join(map(str, group['seeds']))}), "
                      "mean ± standard error")
         lines += [f"  {name:<28}{_cell(group['metrics'][name])}" for name in metric_names]
         for game, stats in group["learning"].items():

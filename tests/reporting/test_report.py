@@ -268,7 +268,7 @@ def test_runs_that_differ_only_in_seed_are_summarised_together(tiny_run, tmp_pat
     # sample standard deviation of (0, 0.3, 0.9) over sqrt(3)
     assert stat["stderr"] == pytest.approx((((0.4 ** 2 + 0.1 ** 2 + 0.5 ** 2) / 2) ** 0.5) / 3 ** 0.5)
     assert stat["min"] == pytest.approx(finals[0]) and stat["max"] == pytest.approx(finals[2])
-    assert "tiny: 3 seeds (0, 1, 2), mean ± standard error" in stdout
+    assert "tiny: 3 runs (seed 0, 1, 2), mean ± standard error" in stdout
     assert "Across seeds" in (out / "report.html").read_text()
 
 
