@@ -25,16 +25,25 @@ def experiment_key(run: RunLog) -> str:
     return repr(sorted((k, v) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
 
 
-def mean_and_error(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, standard error of the mean (sample standard deviation / sqrt n) and the extremes of the known values."""
-    known = [v for v in values if v is not None]
-    if not known:
-        return {"n": 0, "mean": None, "stderr": None, "min": None, "max": None}
-    mean = sum(known) / len(known)
-    stderr = None
-    if len(known) > 1:
-        stderr = math.sqrt(sum((v - mean) ** 2 for v in known) / (len(known) - 1) / len(known))
-    return {"n": len(known), "mean": mean, "stderr": stderr, "min": min(known), "max": max(known)}
+def mean_and_error(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt n) of the finite values;
+    None where there is nothing, or only one value for the error."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None, None
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
+    return mean, math.sqrt(variance / len(finite))
+
+
+def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, standard error and extremes of the finite values, and how many there were."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean, stderr = mean_and_error(finite)
+    return {"n": len(finite), "mean": mean, "stderr": stderr,
+            "min": min(finite, default=None), "max": max(finite, default=None)}
 
 
 def group_name(names: Sequence[str]) -> str:
@@ -54,10 +63,10 @@ def seed_groups(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]],
         if len(members) < 2:
             continue
         chosen = [summaries[i] for i in members]
-        metrics = {name: mean_and_error([(s["metrics"] or {}).get(name) for s in chosen]) for name in metric_names}
+        metrics = {name: over_seeds([(s["metrics"] or {}).get(name) for s in chosen]) for name in metric_names}
         games = list(dict.fromkeys(game for s in chosen for game in s["learning"]))
         learning = {
-            game: {key: mean_and_error([s["learning"].get(game, {}).get(key) for s in chosen])
+            game: {key: over_seeds([s["learning"].get(game, {}).get(key) for s in chosen])
                    for key in ("score", "of_published", "of_random")}
             for game in games
         }

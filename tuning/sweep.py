@@ -34,6 +34,7 @@ from typing import Any
 
 from common.errors import UsageError
 from common.results import write_json_atomic
+from reporting.seeds import mean_and_error
 from training.config import apply_overrides, config_from_dict, load_yaml, parse_override
 
 SPEC_FILE = "sweep_spec.json"  # what the sweep was started with: --resume reads it back
@@ -152,18 +153,6 @@ def require_room_for_one_trial(bundles: list[dict[str, float]], cluster: dict[st
 
 
 # ---- the ranking ----------------------------------------------------------------------------
-
-
-def mean_and_error(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (None where there is nothing, or one value for the error)."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
 
 
 def rank(trials: list[dict[str, Any]], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import run
+from envs.scores import capped_sum
 from reporting.metrics import LATEST_ROUND, EvalRound, build_matrix, continual_metrics
 from reporting.runs import load_run
 from reporting.seeds import seed_groups, seed_groups_text
@@ -42,12 +43,14 @@ def copy_run(source: Path, target: Path, run_name: str | None = None, **changes)
 
 
 def shift_scores(run_dir: Path, score: float, normalized: float) -> None:
-    """Add to every evaluation score of a run (a run that played differently, without training one)."""
+    """Add to every evaluation score of a run (a run that played differently, without training one);
+    each round's capped sum follows its normalised scores."""
     records = read_jsonl(run_dir / "eval.jsonl")
     for record in records:
         for entry in record["games"].values():
             entry["score"] += score
             entry["normalized"] = None if entry["normalized"] is None else entry["normalized"] + normalized
+        record["capped_sum"] = capped_sum({game: entry["normalized"] for game, entry in record["games"].items()})
     (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
