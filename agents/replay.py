@@ -18,8 +18,25 @@ Sampling the transition stored at write n gives
 with zeros in place of frames from before the episode's first frame (the same padding
 `FrameStack` uses when acting). Terminal = no bootstrapping from next_state.
 
+N-step returns (`n_step` N > 1). Sampling transition t (stored at write n) also walks its
+episode forward for up to N - 1 more transitions, along `following` links (the write of the
+next frame in the same episode), and returns
+    rewards    = sum_{k < n'} gamma^k r_{t+k}   (the stored, clipped rewards)
+    discounts  = gamma^n'                       (what multiplies the bootstrapped value)
+    terminals  = 1 if one of those n' transitions was terminal (game over, or a lost life
+                 that the actor marked terminal): the walk stops there, no bootstrapping
+    next_state = the stack ending at the frame n' steps after t,
+with n' <= N. With N = 1 this is the one-step transition above (discounts = gamma).
+Where fewer than N transitions follow t without a terminal, n' is truncated to those stored
+and the target bootstraps from the last of them, never treated as terminal: an episode cut by
+a time limit or a new visit, and the newest transitions of an episode still being played
+(their successors are not stored yet). Truncating keeps every stored transition sampleable
+(no redraws, no bias against the newest data); a newest transition's return grows to N steps
+as its episode goes on.
+
 Memory: frame (84*84 = 7,056 B) + link 8 B + action 1 B + reward 4 B + terminal 1 B
-= 7,070 B per slot, plus one slot per episode for its first frame.
+= 7,070 B per slot, plus one slot per episode for its first frame; with N > 1 the forward
+link adds 8 B per slot (it is rebuilt from the backward links when a buffer is loaded).
 """
 from __future__ import annotations
 
@@ -29,10 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from agents.dqn.config import DQNConfig
+from agents.dqn.networks import NetworkConfig
 from common.errors import UsageError
 
 EPISODE_START = -1  # `previous` of an episode's first frame
 NEVER_WRITTEN = -2  # `previous` of a slot that holds nothing yet
+NOT_FOLLOWED = -1  # `following` of a frame whose episode has no later frame stored (yet)
 MAX_ACTIONS = 256  # actions are stored as uint8
 MAX_REJECTION_ROUNDS = 1000  # redraws of unsampleable indices before giving up
 _ARRAY_NAMES = ("frames", "previous", "actions", "rewards", "terminals")  # per-slot storage
@@ -44,12 +64,28 @@ class Batch:
 
     states: np.ndarray  # (B, stack, H, W) uint8
     actions: np.ndarray  # (B,) int64
-    rewards: np.ndarray  # (B,) float32, clipped rewards
+    rewards: np.ndarray  # (B,) float32, the (n-step) discounted sum of clipped rewards
     terminals: np.ndarray  # (B,) float32, 1.0 = do not bootstrap from next_states
-    next_states: np.ndarray  # (B, stack, H, W) uint8
+    discounts: np.ndarray  # (B,) float32, gamma^n': what multiplies the value bootstrapped from next_states
+    next_states: np.ndarray  # (B, stack, H, W) uint8, n' steps after states
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @classmethod
+    def random(cls, batch_size: int, network: NetworkConfig, *, gamma: float = DQNConfig.gamma, seed: int = 0) -> Batch:
+        """A replay-shaped batch of random frames for `network` (one-step discounts): what an update
+        costs does not depend on the pixel values, so benchmarks and `run.py train --check` time these."""
+        rng = np.random.default_rng(seed)
+        frames = rng.integers(0, 256, (batch_size, network.frame_stack + 1, *network.frame_shape), dtype=np.uint8)
+        return cls(
+            states=np.ascontiguousarray(frames[:, :-1]),
+            actions=rng.integers(0, network.num_actions, batch_size),
+            rewards=rng.choice(np.array([-1.0, 0.0, 1.0], dtype=np.float32), batch_size),
+            terminals=(rng.random(batch_size) < 0.01).astype(np.float32),
+            discounts=np.full(batch_size, gamma, dtype=np.float32),
+            next_states=np.ascontiguousarray(frames[:, 1:]),
+        )
 
     @classmethod
     def concatenate(cls, batches: Iterable[Batch]) -> Batch:
@@ -151,7 +187,8 @@ class FrameReplay:
 
     Single-stream use: `start_episode(frame)`, then `add(...)` per agent step. Many actors:
     each ships `TransitionChunk`s with `add_chunk(chunk, source=actor_id)`; the buffer keeps,
-    per source, where that source's open episode left off.
+    per source, where that source's open episode left off. Samples carry `n_step` returns
+    discounted by `gamma` (the module docstring).
     """
 
     def __init__(
@@ -160,6 +197,9 @@ class FrameReplay:
         frame_shape: tuple[int, int] = (84, 84),
         stack: int = 4,
         seed: int | np.random.SeedSequence | None = None,
+        *,
+        n_step: int = DQNConfig.n_step,
+        gamma: float = DQNConfig.gamma,
     ):
         if stack < 1:
             raise UsageError(f"stack must be positive, got {stack}")
@@ -167,15 +207,23 @@ class FrameReplay:
             raise UsageError(
                 f"capacity {capacity} cannot hold one stacked transition (needs >= stack + 1 = {stack + 1})"
             )
+        if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 1:
+            raise UsageError(f"n_step must be a positive integer, got {n_step!r}")
+        if not 0.0 <= gamma <= 1.0:
+            raise UsageError(f"gamma must lie in [0, 1], got {gamma}")
         self.capacity = int(capacity)
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.stack = int(stack)
+        self.n_step = int(n_step)
+        self.gamma = float(gamma)
         self._rng = np.random.default_rng(seed)
         self._frames = np.zeros((self.capacity, *self.frame_shape), dtype=np.uint8)
         self._previous = np.full(self.capacity, NEVER_WRITTEN, dtype=np.int64)
         self._actions = np.zeros(self.capacity, dtype=np.uint8)
         self._rewards = np.zeros(self.capacity, dtype=np.float32)
         self._terminals = np.zeros(self.capacity, dtype=bool)
+        # write number of the next frame in the same episode; only n-step returns walk forward
+        self._following = np.full(self.capacity, NOT_FOLLOWED, dtype=np.int64) if self.n_step > 1 else None
         self._num_writes = 0  # write n lives in slot n % capacity
         self._num_transitions = 0  # slots currently holding a transition (not an episode start)
         self._open_episodes: dict[Hashable, int] = {}  # source -> write number of its latest frame
@@ -193,7 +241,8 @@ class FrameReplay:
     @property
     def nbytes(self) -> int:
         """Bytes of the preallocated arrays."""
-        return sum(a.nbytes for a in (self._frames, self._previous, self._actions, self._rewards, self._terminals))
+        arrays = (self._frames, self._previous, self._actions, self._rewards, self._terminals, self._following)
+        return sum(a.nbytes for a in arrays if a is not None)
 
     @property
     def bytes_per_transition(self) -> float:
@@ -276,6 +325,14 @@ class FrameReplay:
         self._terminals[slots] = terminals[keep]
         self._num_transitions += int(np.count_nonzero(previous[keep] >= 0))
         self._num_writes += size
+        if self._following is not None:
+            self._following[slots] = NOT_FOLLOWED  # the overwritten frames' successors went with them
+            self._link_forward(writes, previous[keep])
+
+    def _link_forward(self, writes: np.ndarray, previous: np.ndarray) -> None:
+        """Make each held predecessor in `previous` point forward to its write in `writes`."""
+        held = previous >= max(0, self._num_writes - self.capacity)  # not an episode start, not overwritten
+        self._following[previous[held] % self.capacity] = writes[held]
 
     def _check_chunk(self, chunk: TransitionChunk, source: Hashable) -> None:
         size = len(chunk)
@@ -319,16 +376,46 @@ class FrameReplay:
         else:
             raise UsageError("could not draw transitions with intact frame stacks: is capacity far too small?")
 
-        frames = self._frames[window % self.capacity]  # (B, stack + 1, H, W): one gather serves both states
-        frames[window < 0] = 0  # before the episode's first frame
-        slots = writes % self.capacity
+        returns, terminals, steps, later = self._n_step_returns(writes)
+        # Write numbers of the state's frames, t's next frame, then the frames up to n' steps on: one
+        # gather serves both states. Frames after t are newer than t's, so none has been overwritten.
+        sequence = np.concatenate([window, later], axis=1)  # (B, stack + n_step)
+        frames = self._frames[sequence % self.capacity]
+        frames[sequence < 0] = 0  # before the episode's first frame
+        next_columns = steps[:, None] + np.arange(self.stack)  # the stack ending n' frames after the state's last
         return Batch(
-            states=np.ascontiguousarray(frames[:, :-1]),
-            actions=self._actions[slots].astype(np.int64),
-            rewards=self._rewards[slots].copy(),
-            terminals=self._terminals[slots].astype(np.float32),
-            next_states=np.ascontiguousarray(frames[:, 1:]),
+            states=np.ascontiguousarray(frames[:, :self.stack]),
+            actions=self._actions[writes % self.capacity].astype(np.int64),
+            rewards=returns,
+            terminals=terminals,
+            discounts=(self.gamma ** steps).astype(np.float32),
+            next_states=frames[np.arange(len(writes))[:, None], next_columns],
         )
+
+    def _n_step_returns(self, writes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the transitions at `writes`: the discounted sum of rewards over n' <= n_step steps, whether one
+        of them was terminal, n', and the write numbers of the n_step - 1 frames after each (the last one
+        repeated past n').
+
+        The walk stops after a terminal transition and where the episode has no later frame stored (a cut
+        episode, or one still being played): the module docstring's truncation.
+        """
+        slots = writes % self.capacity
+        returns = self._rewards[slots].astype(np.float64)
+        terminal = self._terminals[slots].copy()
+        steps = np.ones(len(writes), dtype=np.int64)
+        later = np.empty((len(writes), self.n_step - 1), dtype=np.int64)
+        last = writes
+        for k in range(1, self.n_step):
+            following = self._following[last % self.capacity]
+            goes_on = ~terminal & (following >= 0)
+            last = np.where(goes_on, following, last)
+            slots = last % self.capacity
+            returns += np.where(goes_on, self._rewards[slots].astype(np.float64) * self.gamma**k, 0.0)
+            terminal |= goes_on & self._terminals[slots]
+            steps += goes_on
+            later[:, k - 1] = last
+        return returns.astype(np.float32), terminal.astype(np.float32), steps, later
 
     def _stack_window(self, writes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write numbers of frames n-stack..n along the links (-1 before an episode start), and validity.
@@ -387,6 +474,10 @@ class FrameReplay:
             target[used:] = NEVER_WRITTEN if name == "previous" else 0
         self._num_writes = num_writes
         self._num_transitions = int(np.count_nonzero(self._previous >= 0))
+        if self._following is not None:  # not saved: the backward links say it all
+            self._following[:] = NOT_FOLLOWED
+            writes = np.arange(max(0, num_writes - self.capacity), num_writes)
+            self._link_forward(writes, self._previous[writes % self.capacity])
         self._open_episodes = open_episodes
         self._rng.bit_generator.state = rng_state
 
@@ -402,6 +493,8 @@ class TaskReplay:
         frame_shape: tuple[int, int] = (84, 84),
         stack: int = 4,
         seed: int = 0,
+        n_step: int = DQNConfig.n_step,
+        gamma: float = DQNConfig.gamma,
     ):
         if max_tasks < 1:
             raise UsageError(f"max_tasks must be positive, got {max_tasks}")
@@ -410,6 +503,8 @@ class TaskReplay:
         self.frame_shape = tuple(frame_shape)
         self.stack = stack
         self.seed = seed
+        self.n_step = n_step
+        self.gamma = gamma
         self._buffers: dict[int, FrameReplay] = {}
 
     def buffer(self, task: int) -> FrameReplay:
@@ -418,7 +513,8 @@ class TaskReplay:
         if task not in self._buffers:
             # A seed per task that does not depend on the order in which tasks appear.
             seed = np.random.SeedSequence(self.seed, spawn_key=(task,))
-            self._buffers[task] = FrameReplay(self.capacity_per_task, self.frame_shape, self.stack, seed)
+            self._buffers[task] = FrameReplay(self.capacity_per_task, self.frame_shape, self.stack, seed,
+                                              n_step=self.n_step, gamma=self.gamma)
         return self._buffers[task]
 
     def __contains__(self, task: int) -> bool:

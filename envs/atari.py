@@ -1,7 +1,8 @@
 """Atari environments with the preprocessing of the DQN/EWC papers.
 
 One environment step is one *agent* step: the action is repeated `frame_skip` times
-(max-pooled over the last two frames), the screen is converted to 84x84 luminance, and
+(max-pooled over the last two frames), the screen is converted to luminance and resized to
+`screen_size` x `screen_size` (84 x 84, the papers', unless the config says otherwise), and
 up to `noop_max` random no-ops start each episode. Observations are single uint8 frames:
 frame stacking belongs to the actor and the replay buffer, so that stacked frames are
 never stored twice.
@@ -23,7 +24,7 @@ import numpy as np
 from common.errors import UsageError
 from envs.settings import EnvSettings
 
-FRAME_SHAPE = (84, 84)
+FRAME_SHAPE = (EnvSettings.screen_size, EnvSettings.screen_size)  # the default; env.screen_size sets it
 NUM_ACTIONS = 18  # the full ALE action set, the same for every game
 
 
@@ -79,7 +80,7 @@ class _TrainingSignals(gym.Wrapper):
 
 
 def make_atari_env(game: str, *, seed: int | None = None, settings: EnvSettings = EnvSettings()) -> gym.Env:
-    """A preprocessed ALE environment whose observations are uint8 (84, 84) frames."""
+    """A preprocessed ALE environment whose observations are uint8 (screen_size, screen_size) frames."""
     import ale_py
 
     gym.register_envs(ale_py)
@@ -96,7 +97,7 @@ def make_atari_env(game: str, *, seed: int | None = None, settings: EnvSettings 
         env,
         noop_max=settings.noop_max,
         frame_skip=settings.frame_skip,
-        screen_size=FRAME_SHAPE[0],
+        screen_size=settings.screen_size,
         terminal_on_life_loss=False,  # life loss is a training signal in info, not a reset
         grayscale_obs=True,
     )

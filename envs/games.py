@@ -2,9 +2,10 @@
 
 A schedule plays games of one family (their frames must fit one network):
 
-    family   names                         frame (uint8)   actions   one agent step
-    atari    Pong, SpaceInvaders, ...      (84, 84)        18        env.frame_skip emulator frames
-    minatar  MinAtar/Breakout, ...         (10, 10, 10)    6         one MinAtar step (frame_skip 1)
+    family   names                         frame (uint8)       actions   one agent step
+    atari    Pong, SpaceInvaders, ...      (S, S), S = 84 by   18        env.frame_skip emulator frames
+                                           env.screen_size
+    minatar  MinAtar/Breakout, ...         (10, 10, 10)        6         one MinAtar step (frame_skip 1)
 """
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from envs.settings import EnvSettings
 @dataclass(frozen=True)
 class Family:
     name: str
-    frame_shape: tuple[int, ...]
+    fixed_frame_shape: tuple[int, ...] | None  # None: square screens of env.screen_size
     num_actions: int
     frame_skip: int | None  # the only frame skip the family supports (None: any)
 
+    def frame_shape(self, settings: EnvSettings) -> tuple[int, ...]:
+        """The shape of one frame of this family's games played with `settings`."""
+        return self.fixed_frame_shape or (settings.screen_size, settings.screen_size)
 
-ATARI = Family("atari", atari.FRAME_SHAPE, atari.NUM_ACTIONS, frame_skip=None)
+
+ATARI = Family("atari", None, atari.NUM_ACTIONS, frame_skip=None)
 MINATAR = Family("minatar", minatar.FRAME_SHAPE, minatar.NUM_ACTIONS, frame_skip=1)
 
 
@@ -61,6 +66,10 @@ def check_settings(family: Family, settings: EnvSettings) -> None:
     if family.frame_skip is not None and settings.frame_skip != family.frame_skip:
         raise UsageError(f"config key 'env.frame_skip' must be {family.frame_skip} for {family.name} games "
                          f"(one step per action), got {settings.frame_skip}")
+    if family.fixed_frame_shape is not None and settings.screen_size != EnvSettings.screen_size:
+        raise UsageError(f"config key 'env.screen_size' must be {EnvSettings.screen_size} for {family.name} games "
+                         f"(their frames are {list(family.fixed_frame_shape)}, never resized), "
+                         f"got {settings.screen_size}")
     if not settings.full_action_space:
         raise UsageError("config key 'env.full_action_space' must be true: one network plays every game of the "
                          "schedule with the same actions")
@@ -80,7 +89,7 @@ def random_policy_frames(game: str, num_frames: int, seed: int = 0, settings: En
     if settings is None:
         settings = EnvSettings(frame_skip=family.frame_skip or EnvSettings.frame_skip)
     env = make_env(game, seed=seed, settings=settings)
-    frames = np.empty((num_frames, *family.frame_shape), dtype=np.uint8)
+    frames = np.empty((num_frames, *family.frame_shape(settings)), dtype=np.uint8)
     for i in range(num_frames):
         frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
         frames[i] = frame

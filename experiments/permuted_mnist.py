@@ -35,7 +35,7 @@ identical task-A training and differ only by their penalty.
 Choosing lambda: the default EWC lambda (300, exact Fisher) suits 3 tasks; it still works
 for 10, but the summed Fishers make later tasks stiff, so for 10 tasks use lambda 30
 (measured average accuracy after 10 tasks, seed 0: EWC 0.93 with lambda 30, 0.90 with
-300, SGD 0.47). The empirical Fisher is ~10x smaller than the exact one (DESIGN §6), so
+300, SGD 0.47). The empirical Fisher is ~10x smaller than the exact one (measured on these digits), so
 scale lambda up with --fisher empirical. The L2 default (0.01) shows the paper's
 trade-off: it keeps task A but learns and keeps later tasks poorly; a weaker L2 forgets
 like SGD, a stronger one cannot learn new tasks at all.
@@ -95,7 +95,7 @@ class Config:
     methods: tuple[str, ...] = METHODS
     hidden: tuple[int, ...] = (400, 400)  # Fig. 2A: two hidden layers of 400 ReLU units
     epochs: int = 20  # per task, as in Fig. 2A; the maximum when early stopping is on
-    lr: float = 0.3  # large on purpose: on 4,000 digits a small rate barely forgets (DESIGN §6)
+    lr: float = 0.3  # large on purpose: on 4,000 digits a small rate barely forgets
     batch_size: int = 32
     ewc_lambda: float = 300.0  # for the exact Fisher; the empirical Fisher is ~10x smaller
     l2_lambda: float = 0.01  # weaker forgets task A like SGD; stronger cannot learn new tasks

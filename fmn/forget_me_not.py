@@ -162,9 +162,7 @@ class ForgetMeNot:
         self.uniform_log_likelihood = -self.num_pixels * math.log(self.levels)
         # Flat index of (pixel, level) is pixel * levels + level: one gather scores a frame.
         self._pixel_offsets = np.arange(self.num_pixels, dtype=np.intp) * self.levels
-        self._pixel_weights = np.ones(self.num_pixels)  # sums gathered log-probs with one matmul
-
-        self._install_tasks(np.zeros((0, self.num_pixels * self.levels)), np.zeros(0))
+        self._tasks = TaskCounts(self.num_pixels, self.levels, self.prior, self.count_cap)
         self._pending: list[np.ndarray] = []  # flat indices of the current window's observations
         self._frames_seen = 0
         self._observations_seen = 0
@@ -174,7 +172,7 @@ class ForgetMeNot:
 
     @property
     def num_tasks(self) -> int:
-        return self._counts.shape[0]
+        return self._tasks.num_tasks
 
     @property
     def current_task(self) -> int:
@@ -215,7 +213,7 @@ class ForgetMeNot:
         Shape (num_tasks + 1,); raw model scores, without the outlier floor. Changes nothing.
         """
         _check_frames(frame, self.frame_shape, batched=False)
-        scores = self._score(self._flat_indices(frame[None]))[0]
+        scores = self._tasks.score(self._flat_indices(frame[None]))[0]
         return np.append(scores, self.uniform_log_likelihood)
 
     def state_dict(self) -> dict[str, Any]:
@@ -224,8 +222,8 @@ class ForgetMeNot:
         return {
             "version": _STATE_VERSION,
             "config": self._config(),
-            "counts": self._counts.reshape(self.num_tasks, self.num_pixels, self.levels).copy(),
-            "totals": self._totals.copy(),
+            "counts": self._tasks.counts.reshape(self.num_tasks, self.num_pixels, self.levels).copy(),
+            "totals": self._tasks.totals.copy(),
             "pending_levels": np.array(pending_levels, dtype=np.uint8).reshape(-1, self.num_pixels),
             "frames_seen": self._frames_seen,
             "observations_seen": self._observations_seen,
@@ -240,22 +238,9 @@ class ForgetMeNot:
                 f"state was saved with config {state['config']}, this instance has {self._config()}; "
                 "use ForgetMeNot.from_state_dict(state)"
             )
-        counts = np.asarray(state["counts"], dtype=np.float64)
-        num_tasks = counts.shape[0] if counts.ndim == 3 else -1
-        if counts.shape != (num_tasks, self.num_pixels, self.levels) or np.shape(state["totals"]) != (num_tasks,):
-            raise UsageError(
-                f"state counts have shape {counts.shape} and totals {np.shape(state['totals'])}, "
-                f"expected (tasks, {self.num_pixels}, {self.levels}) and (tasks,)"
-            )
-        pending = np.asarray(state["pending_levels"], dtype=np.intp)
-        if pending.ndim != 2 or pending.shape[1] != self.num_pixels or len(pending) >= self.window:
-            raise UsageError(
-                f"state pending_levels has shape {pending.shape}, expected (< {self.window}, {self.num_pixels})"
-            )
-        if not -1 <= int(state["current_task"]) < num_tasks:
-            raise UsageError(f"state current_task {state['current_task']} is not one of its {num_tasks} tasks")
-
-        self._install_tasks(counts.reshape(num_tasks, -1).copy(), np.array(state["totals"], dtype=np.float64))
+        counts, pending = _checked_arrays(state, self.num_pixels, self.levels, self.window)
+        num_tasks = counts.shape[0]
+        self._tasks.install(counts.reshape(num_tasks, -1).copy(), np.array(state["totals"], dtype=np.float64))
         self._pending = [row + self._pixel_offsets for row in pending]
         self._frames_seen = int(state["frames_seen"])
         self._observations_seen = int(state["observations_seen"])
@@ -288,12 +273,6 @@ class ForgetMeNot:
         return levels.reshape(frames.shape[0], -1) + self._pixel_offsets
 
     # ------------------------------------------------------------------ scoring
-
-    def _score(self, observations: np.ndarray) -> np.ndarray:
-        """(W, pixels) flat indices -> (W, tasks) log-likelihood of each observation under each known task."""
-        window, pixels = observations.shape
-        gathered = np.take(self._log_table, observations.ravel(), axis=0).reshape(window, pixels, self.num_tasks)
-        return self._pixel_weights @ gathered - self._log_normalisers
 
     def _with_outliers(self, log_likelihoods: np.ndarray) -> np.ndarray:
         """Per-observation scores of a model mixed with the uniform model (weight `outlier_prob`)."""
@@ -334,12 +313,12 @@ class ForgetMeNot:
     def _decide_window(self, observations: np.ndarray) -> None:
         """Pick the best of: stay with the current task, or switch to task k before observation j."""
         if self._current_task < 0:  # the very first window: a new task is the only candidate
-            self._current_task = self._spawn_task()
-            self._update_task(self._current_task, observations)
+            self._current_task = self._tasks.spawn()
+            self._tasks.update(self._current_task, observations)
             return
 
         window = len(observations)
-        scores = self._with_outliers(self._score(observations))  # (window, tasks)
+        scores = self._with_outliers(self._tasks.score(observations))  # (window, tasks)
         current = self._current_task
         prefix = np.concatenate(([0.0], np.cumsum(scores[:, current])))  # prefix[j]: current task on [0, j)
         suffix = np.cumsum(scores[::-1], axis=0)[::-1]  # suffix[j, k]: task k on [j, window)
@@ -356,61 +335,92 @@ class ForgetMeNot:
 
         position, target = np.unravel_index(np.argmax(switch_scores), switch_scores.shape)
         if switch_scores[position, target] <= stay_score:  # ties keep the current task
-            self._update_task(current, observations)
+            self._tasks.update(current, observations)
             return
         if target == self.num_tasks:
-            target = self._spawn_task()
-        self._update_task(current, observations[:position])
-        self._update_task(target, observations[position:])
+            target = self._tasks.spawn()
+        self._tasks.update(current, observations[:position])
+        self._tasks.update(target, observations[position:])
         self._current_task = int(target)
 
-    # ------------------------------------------------------------------ the task models
+    def _config(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _CONFIG_NAMES}
 
-    def _install_tasks(self, counts: np.ndarray, totals: np.ndarray) -> None:
+
+class TaskCounts:
+    """The tasks' models: per task and pixel, a histogram of quantised levels with a symmetric Dirichlet prior.
+
+    Counts are kept flat as (tasks, pixels * levels), with log(count + prior) cached with tasks on the
+    last axis, so scoring an observation is one gather of its (pixel, level) rows and one sum.
+    """
+
+    def __init__(self, num_pixels: int, levels: int, prior: float, count_cap: float | None):
+        self.num_pixels, self.levels, self.prior, self.count_cap = num_pixels, levels, prior, count_cap
+        self._pixel_weights = np.ones(num_pixels)  # sums gathered log-probs with one matmul
+        self.install(np.zeros((0, num_pixels * levels)), np.zeros(0))
+
+    @property
+    def num_tasks(self) -> int:
+        return self.counts.shape[0]
+
+    def install(self, counts: np.ndarray, totals: np.ndarray) -> None:
         """Set counts (tasks, pixels * levels) and per-task totals, rebuilding the cached logs."""
-        self._counts = counts
-        self._totals = totals
-        # log(count + prior) with tasks on the last axis: scoring gathers one row per (pixel, level).
+        self.counts = counts
+        self.totals = totals
         self._log_table = np.ascontiguousarray(np.log(counts + self.prior).T)
         self._refresh_normalisers()
 
     def _refresh_normalisers(self) -> None:
         # Every pixel of a task has the same total, so one normaliser per task covers all pixels.
-        self._log_normalisers = self.num_pixels * np.log(self._totals + self.levels * self.prior)
+        self._log_normalisers = self.num_pixels * np.log(self.totals + self.levels * self.prior)
 
-    def _spawn_task(self) -> int:
-        empty_row = np.zeros((1, self._counts.shape[1]))
-        self._install_tasks(np.vstack([self._counts, empty_row]), np.append(self._totals, 0.0))
+    def spawn(self) -> int:
+        empty_row = np.zeros((1, self.counts.shape[1]))
+        self.install(np.vstack([self.counts, empty_row]), np.append(self.totals, 0.0))
         return self.num_tasks - 1
 
-    def _update_task(self, task: int, observations: np.ndarray) -> None:
+    def update(self, task: int, observations: np.ndarray) -> None:
         """Add the observations to `task`'s counts and refresh its cached logs."""
         if len(observations) == 0:
             return
-        counts = self._counts[task]  # a view: updates land in self._counts
+        counts = self.counts[task]  # a view: updates land in self.counts
         for indices in observations:  # distinct within one observation, so += is safe
             counts[indices] += 1.0
-        self._totals[task] += len(observations)
-        if self.count_cap is not None and self._totals[task] >= self.count_cap:
+        self.totals[task] += len(observations)
+        if self.count_cap is not None and self.totals[task] >= self.count_cap:
             counts *= 0.5
-            self._totals[task] *= 0.5
+            self.totals[task] *= 0.5
             self._log_table[:, task] = np.log(counts + self.prior)
         else:
             touched = observations.ravel()
             self._log_table[touched, task] = np.log(counts[touched] + self.prior)
-        self._refresh_normalisers()  # for all tasks: the same arithmetic as after load_state_dict
+        self._refresh_normalisers()  # for all tasks: the same arithmetic as after a load
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            "window": self.window,
-            "observe_every": self.observe_every,
-            "downscale": self.downscale,
-            "levels": self.levels,
-            "prior": self.prior,
-            "count_cap": self.count_cap,
-            "outlier_prob": self.outlier_prob,
-            "frame_shape": self.frame_shape,
-        }
+    def score(self, observations: np.ndarray) -> np.ndarray:
+        """(W, pixels) flat indices -> (W, tasks) log-likelihood of each observation under each known task."""
+        window, pixels = observations.shape
+        gathered = np.take(self._log_table, observations.ravel(), axis=0).reshape(window, pixels, self.num_tasks)
+        return self._pixel_weights @ gathered - self._log_normalisers
+
+
+_CONFIG_NAMES = ("window", "observe_every", "downscale", "levels", "prior", "count_cap", "outlier_prob", "frame_shape")
+
+
+def _checked_arrays(state: dict[str, Any], num_pixels: int, levels: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """A saved state's counts (tasks, pixels, levels) and pending observations, checked against the model's sizes."""
+    counts = np.asarray(state["counts"], dtype=np.float64)
+    num_tasks = counts.shape[0] if counts.ndim == 3 else -1
+    if counts.shape != (num_tasks, num_pixels, levels) or np.shape(state["totals"]) != (num_tasks,):
+        raise UsageError(
+            f"state counts have shape {counts.shape} and totals {np.shape(state['totals'])}, "
+            f"expected (tasks, {num_pixels}, {levels}) and (tasks,)"
+        )
+    pending = np.asarray(state["pending_levels"], dtype=np.intp)
+    if pending.ndim != 2 or pending.shape[1] != num_pixels or len(pending) >= window:
+        raise UsageError(f"state pending_levels has shape {pending.shape}, expected (< {window}, {num_pixels})")
+    if not -1 <= int(state["current_task"]) < num_tasks:
+        raise UsageError(f"state current_task {state['current_task']} is not one of its {num_tasks} tasks")
+    return counts, pending
 
 
 def _is_integer(value: Any) -> bool:

@@ -10,8 +10,9 @@ Sections (--sections, comma-separated; default all):
   train    env steps/s of our trainer and of RLlib's DQN on one game at the paper's replay ratio
            (batch 32, one update per 4 agent steps), measured over the same wall time after
            learning started; plus the limit 4 x bare updates/s
-  learner  updates/s of our learner inside the running system vs a bare torch loop doing the same
-           update (network, batch, RMSProp, EWC gradient) with the same torch threads
+  learner  updates/s of our learner inside the running system vs the bare update: the learner's own
+           loss, gradient and RMSProp step with the EWC gradient on a ready batch, without its metrics
+           and checks, in a plain loop with the same torch threads
   ewc      update time with the EWC penalty merged from 1 and 10 tasks vs no penalty (key "ewc_overhead")
   replay   bytes per stored transition (vs 4x84x84x2 naive stacked storage) and sampling rate
   fisher   per-sample Fisher samples/s: the Atari Q-network and the 784-400-400-10 MLP
@@ -44,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UsageError
+from training.cluster import init_ray, set_ray_environment
 
 SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "actors", "minatar", "time_to_score")
 TARGETS = {  # the project's targets on a 2-core CPU machine (docs/performance.md)
     "train_ratio_min": 1.8,  # our env steps/s over RLlib's, the paper's network, matched threads
-    "learner_ratio_min": 0.9,  # our learner's updates/s over a bare torch loop's
+    "learner_ratio_min": 0.9,  # our learner's updates/s over the bare update loop's (perf.measure.BareUpdate)
     "ewc_overhead_max": 0.05,
     "bytes_per_transition_max": 7200.0,
     "minatar_over_loop_min": 1.5,
@@ -220,7 +222,7 @@ class Bench:
         if "time_to_score" in self.sections:
             self.say("section time_to_score")
             self.report["time_to_score"] = self.section_time_to_score()
-        self.report["targets"] = self.targets()
+        self.report["targets"] = targets(self.report)
         self.report["device"]["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         self.report["wall_s"] = round(time.monotonic() - started, 1)
         return self.report
@@ -281,13 +283,13 @@ class Bench:
         from perf.measure import bare_updates_per_s, learner_breakdown
 
         bare_s = self.micro_s / 2
-        self.say(f"bare torch update loop ({self.threads} thread(s)), before the system run")
+        self.say(f"bare update loop ({self.threads} thread(s)), before the system run")
         bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
         self.say(f"our trainer: {self.game}, measuring {self.seconds:g} s after learning starts")
         ours = self.run_ours()
         self.say(f"ours: {ours['env_steps_per_s']:.1f} env steps/s, {ours['updates_per_s']:.2f} updates/s "
                  f"(learner busy {ours['learner_busy_fraction']:.0%})")
-        self.say("bare torch update loop, after the system run")
+        self.say("bare update loop, after the system run")
         bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
         bare = (bare_before + bare_after) / 2  # brackets the system run: drifting background load averages out
         if "learner" in self.sections:
@@ -435,9 +437,9 @@ class Bench:
             EVAL_EPISODES,
             EVAL_EVERY,
             loop_time_to_score,
-            median_seconds,
             ours_time_to_score,
             score_config,
+            time_to_score_summary,
         )
         from perf.rllib_dqn import rllib_time_to_score
 
@@ -464,48 +466,36 @@ class Bench:
                     ray.shutdown()
             self.say("seed {}: ours {}, loop {}, rllib {}".format(seed, *(
                 "-" if not r or r[-1]["seconds"] is None else f"{r[-1]['seconds']:.0f} s" for r in runs.values())))
-        medians = {name: median_seconds(r) if r else None for name, r in runs.items()}
-        ratio = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
-        return {
-            "game": game, "threshold": threshold, "seeds": self.args.score_seeds, "cap_s": cap,
-            "eval_every_steps": EVAL_EVERY, "eval_episodes": EVAL_EPISODES,
-            "ours_s": medians["ours"], "loop_s": medians["loop"], "rllib_s": medians["rllib"],
-            "ours_over_loop": ratio(medians["ours"], medians["loop"]),
-            "ours_over_rllib": ratio(medians["ours"], medians["rllib"]),
-            # RLlib's median past the cap: the ratio is below ours / cap
-            "ours_over_rllib_at_most": ratio(medians["ours"], medians["rllib"] or (cap if runs["rllib"] else None)),
-            "runs": {name: [r["seconds"] for r in values] for name, values in runs.items()},
-            "evaluations": {name: [r["evaluations"] for r in values] for name, values in runs.items()},
-        }
+        return time_to_score_summary(runs, game=game, threshold=threshold, seeds=self.args.score_seeds, cap_s=cap)
 
-    # ---- verdicts --------------------------------------------------------------------------------
 
-    def targets(self) -> dict[str, Any]:
-        r, out = self.report, {}
-        if r.get("train", {}).get("ratio") is not None:
-            out["train_ratio_ge_1.8"] = r["train"]["ratio"] >= TARGETS["train_ratio_min"]
-        if "learner" in r:
-            out["learner_ratio_ge_0.9"] = r["learner"]["ratio"] >= TARGETS["learner_ratio_min"]
-        if "ewc_overhead" in r:
-            ewc = r["ewc_overhead"]
-            out["ewc_overhead_le_5pct"] = max(ewc["tasks_1"], ewc["tasks_10"]) <= TARGETS["ewc_overhead_max"]
-        if "replay" in r:
-            out["bytes_per_transition_le_7200"] = r["replay"]["bytes_per_transition"] <= TARGETS["bytes_per_transition_max"]
-        if "minatar" in r:
-            m = r["minatar"]
-            out["minatar_ge_1.5x_loop"] = m["ours_over_loop"] >= TARGETS["minatar_over_loop_min"]
-            if m["ours_over_rllib"] is not None:
-                out["minatar_ge_3x_rllib"] = m["ours_over_rllib"] >= TARGETS["minatar_over_rllib_min"]
-            out["minatar_ge_70pct_of_limit"] = m["ours_fraction_of_limit"] >= TARGETS["minatar_fraction_of_limit_min"]
-        if "time_to_score" in r:
-            t = r["time_to_score"]
-            if t["ours_over_loop"] is not None:
-                out["time_to_score_le_0.7x_loop"] = t["ours_over_loop"] <= TARGETS["time_to_score_over_loop_max"]
-            if t["ours_over_rllib"] is not None:
-                out["time_to_score_le_0.33x_rllib"] = t["ours_over_rllib"] <= TARGETS["time_to_score_over_rllib_max"]
-            elif t["ours_over_rllib_at_most"] is not None and t["ours_over_rllib_at_most"] <= TARGETS["time_to_score_over_rllib_max"]:
-                out["time_to_score_le_0.33x_rllib"] = True  # RLlib did not reach the score within the cap
-        return out
+def targets(r: dict[str, Any]) -> dict[str, bool]:
+    """Which of the TARGETS the report's figures meet (only those its sections measured)."""
+    out = {}
+    if r.get("train", {}).get("ratio") is not None:
+        out["train_ratio_ge_1.8"] = r["train"]["ratio"] >= TARGETS["train_ratio_min"]
+    if "learner" in r:
+        out["learner_ratio_ge_0.9"] = r["learner"]["ratio"] >= TARGETS["learner_ratio_min"]
+    if "ewc_overhead" in r:
+        ewc = r["ewc_overhead"]
+        out["ewc_overhead_le_5pct"] = max(ewc["tasks_1"], ewc["tasks_10"]) <= TARGETS["ewc_overhead_max"]
+    if "replay" in r:
+        out["bytes_per_transition_le_7200"] = r["replay"]["bytes_per_transition"] <= TARGETS["bytes_per_transition_max"]
+    if "minatar" in r:
+        m = r["minatar"]
+        out["minatar_ge_1.5x_loop"] = m["ours_over_loop"] >= TARGETS["minatar_over_loop_min"]
+        if m["ours_over_rllib"] is not None:
+            out["minatar_ge_3x_rllib"] = m["ours_over_rllib"] >= TARGETS["minatar_over_rllib_min"]
+        out["minatar_ge_70pct_of_limit"] = m["ours_fraction_of_limit"] >= TARGETS["minatar_fraction_of_limit_min"]
+    if "time_to_score" in r:
+        t = r["time_to_score"]
+        if t["ours_over_loop"] is not None:
+            out["time_to_score_le_0.7x_loop"] = t["ours_over_loop"] <= TARGETS["time_to_score_over_loop_max"]
+        if t["ours_over_rllib"] is not None:
+            out["time_to_score_le_0.33x_rllib"] = t["ours_over_rllib"] <= TARGETS["time_to_score_over_rllib_max"]
+        elif t["ours_over_rllib_at_most"] is not None and t["ours_over_rllib_at_most"] <= TARGETS["time_to_score_over_rllib_max"]:
+            out["time_to_score_le_0.33x_rllib"] = True  # RLlib did not reach the score within the cap
+    return out
 
 
 def with_torch_threads(threads: int, fn):
@@ -514,22 +504,16 @@ def with_torch_threads(threads: int, fn):
     return with_threads(threads, fn)
 
 
-def set_ray_environment() -> None:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # see init_local_ray
-
-
 def init_local_ray() -> None:
-    """A fresh local Ray instance per system, so that one's actors never share it with the other's.
+    """A fresh local Ray instance per system, so that one's actors never share it with the other's;
+    only Ray's errors and none of the workers' output on the terminal (the report is the output).
 
     Ray runs its worker processes at nice 15 by default, which on a shared machine hands their
     CPU to everything else. RLlib's learner lives in this (nice 0) process, ours in a worker:
-    both systems' workers run at nice 0 here, so that priority does not decide the comparison.
+    both systems' workers run at nice 0 here (`set_ray_environment`), so that priority does not
+    decide the comparison.
     """
-    import ray
-
-    set_ray_environment()
-    ray.init(include_dashboard=False, logging_level="error", log_to_driver=False)
+    init_ray(logging_level="error", log_to_driver=False)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,23 +1,21 @@
 """A single-process DQN loop over our own pieces: the yardstick for the distributed trainer.
 
 The CleanRL shape: one process acts with the learner's own network, steps the environment,
-stores the transition, samples a minibatch and takes one update, in turn. It uses the same
-environment, replay buffer, learner (network, Double-DQN loss, RMSProp, clipping) and epsilon
-schedule as `training.loop.Trainer`, so the difference between the two is the system: actors
-and learner on separate cores, chunks and weights through Ray.
+stores the transitions, samples a minibatch and takes one update, in turn. It uses the same
+env runner (acting, the lost-life rule, evaluation), replay buffer, learner (network,
+Double-DQN loss, RMSProp, clipping) and epsilon schedule as `training.loop.Trainer`, so the
+difference between the two is the system: actors and learner on separate cores, chunks and
+weights through Ray.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
+from agents.dqn.actor import EnvRunner
 from agents.dqn.learning import Learner
 from agents.epsilon import TaskEpsilon
-from agents.replay import FrameReplay, FrameStack
-from envs.games import make_env
+from agents.replay import FrameReplay
 from training.config import RunConfig
 
 
@@ -35,61 +33,35 @@ class LoopResult:
 
 
 class SingleProcessLoop:
-    """Act, step, store, sample, update: one agent step at a time on `config.games[0]`."""
+    """Collect `update_period` agent steps, store them, sample and update, in turn, on `config.games[0]`."""
 
     def __init__(self, config: RunConfig, seed: int = 0):
         agent, network = config.agent, config.agent.network
         self.config = config
         self.game = config.games[0]
         self.learner = Learner(agent, seed=seed)
-        self.replay = FrameReplay(agent.replay_capacity, network.frame_shape, network.frame_stack, seed=seed)
-        self.env = make_env(self.game, seed=seed, settings=config.env)
-        self.stack = FrameStack(network.frame_stack, network.frame_shape)
+        self.replay = FrameReplay(agent.replay_capacity, network.frame_shape, network.frame_stack, seed=seed,
+                                  n_step=agent.n_step, gamma=agent.gamma)
+        self.runner = EnvRunner(0, 1, network, config.env, seed=seed, net=self.learner.online)
+        self.runner.set_game(self.game, task=0)
         self.epsilon = TaskEpsilon(config.epsilon)
-        self.rng = np.random.default_rng(seed)
-        frame, _ = self.env.reset(seed=seed)
-        self.state = self.stack.reset(frame)
-        self.replay.start_episode(frame)
         self.steps = 0
 
-    @torch.no_grad()
-    def act(self, state: np.ndarray, epsilon: float) -> int:
-        if self.rng.random() < epsilon:
-            return int(self.rng.integers(0, self.config.agent.network.num_actions))
-        return int(self.learner.online(torch.from_numpy(state[None]), 0).argmax(1))
-
     def step(self) -> None:
-        agent, settings = self.config.agent, self.config.env
-        action = self.act(self.state, self.epsilon.value(0))
-        frame, reward, terminated, truncated, info = self.env.step(action)
-        terminal = terminated or (settings.terminal_on_life_loss and info["life_lost"])
-        episode_end = terminated or truncated
-        self.replay.add(action, reward, terminal, frame, episode_end)
-        if episode_end:
-            frame, _ = self.env.reset()
-            self.state = self.stack.reset(frame)
-            self.replay.start_episode(frame)
-        else:
-            self.state = self.stack.push(frame)
-        self.steps += 1
-        self.epsilon.advance(0, 1)
-        if self.steps % agent.update_period == 0 and self.replay.ready(agent.learning_starts, agent.batch_size):
+        """`update_period` agent steps into the replay, then one update once the replay is ready."""
+        agent = self.config.agent
+        collected = self.runner.collect(agent.update_period, self.epsilon.value(0))
+        for source, chunk in collected.chunks:
+            self.replay.add_chunk(chunk, source)
+        self.steps += collected.steps
+        self.epsilon.advance(0, collected.steps)
+        if self.replay.ready(agent.learning_starts, agent.batch_size):
             self.learner.update(self.replay.sample(agent.batch_size), 0, report_penalty=False)
 
     def evaluate(self, episodes: int) -> float:
         """Mean raw score of `episodes` episodes with the evaluation epsilon (a separate environment)."""
         cfg = self.config
-        env = make_env(self.game, seed=int(self.rng.integers(0, 2**31 - 1)), settings=cfg.env)
-        stack, scores = FrameStack(cfg.agent.network.frame_stack, cfg.agent.network.frame_shape), []
-        for _ in range(episodes):
-            frame, _ = env.reset()
-            state, score, done, frames = stack.reset(frame), 0.0, False, 0
-            while not done and frames < cfg.eval.max_episode_frames:
-                frame, _, terminated, truncated, info = env.step(self.act(state, cfg.epsilon.evaluation))
-                score += info["raw_reward"]
-                done, frames = terminated or truncated, frames + cfg.env.frame_skip
-                state = stack.push(frame)
-            scores.append(score)
+        scores = self.runner.evaluate(self.game, 0, episodes, cfg.epsilon.evaluation, cfg.eval.max_episode_frames)
         return sum(scores) / len(scores)
 
     def run(self, *, steps: int | None = None, seconds: float | None = None, eval_every: int = 0,
@@ -100,8 +72,9 @@ class SingleProcessLoop:
         start_steps, start_updates = self.steps, self.learner.num_updates
         while (steps is None or self.steps - start_steps < steps) and (
                 seconds is None or time.perf_counter() - started < seconds):
+            before = self.steps
             self.step()
-            if eval_every and self.steps % eval_every == 0:
+            if eval_every and self.steps // eval_every > before // eval_every:
                 score = self.evaluate(eval_episodes)
                 elapsed = time.perf_counter() - started
                 result.evaluations.append((elapsed, self.steps, score))

@@ -7,7 +7,6 @@ rates over a stated window.
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -15,20 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from agents.dqn.config import DQNConfig
 from agents.dqn.fisher import q_network_fisher
 from agents.dqn.learning import Learner
+from agents.dqn.losses import to_tensors
 from agents.dqn.networks import NetworkConfig, QNetwork, shared_parameter_names
-from agents.optimizer import (
-    Pull,
-    RMSProp,
-    compiled_optimizer_step,
-    global_norm,
-    scale_to_max_norm_,
-)
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
 from ewc import EWCPenalty, diagonal_fisher
@@ -81,20 +73,6 @@ def rate(count: float, seconds: float) -> float:
 # ---- synthetic data ---------------------------------------------------------------------------
 
 
-def random_batch(batch_size: int, network: NetworkConfig, seed: int = 0) -> Batch:
-    """A replay-shaped numpy batch (uint8 frames) for `network`: the update's cost does not depend on the pixel values."""
-    rng = np.random.default_rng(seed)
-    num_actions = network.num_actions
-    frames = rng.integers(0, 256, (batch_size, network.frame_stack + 1, *network.frame_shape), dtype=np.uint8)
-    return Batch(
-        states=np.ascontiguousarray(frames[:, :-1]),
-        actions=rng.integers(0, num_actions, batch_size),
-        rewards=rng.choice(np.array([-1.0, 0.0, 1.0], dtype=np.float32), batch_size),
-        terminals=(rng.random(batch_size) < 0.01).astype(np.float32),
-        next_states=np.ascontiguousarray(frames[:, 1:]),
-    )
-
-
 def synthetic_anchors(net: nn.Module, tasks: int, lam: float, seed: int = 0) -> EWCPenalty:
     """An EWC penalty over `net`'s shared weights merged from `tasks` random Fishers and anchors."""
     names = shared_parameter_names(net)
@@ -106,6 +84,15 @@ def synthetic_anchors(net: nn.Module, tasks: int, lam: float, seed: int = 0) -> 
         anchors = {n: p + 0.01 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
         penalty.consolidate(anchors, fisher)
     return penalty
+
+
+def anchored_learner(config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False) -> Learner:
+    """A `Learner` whose EWC penalty is merged from `ewc_tasks` synthetic tasks (0: no penalty)."""
+    learner = Learner(config, seed=seed, compile_step=compile_step)
+    if ewc_tasks:
+        penalty = synthetic_anchors(learner.online, ewc_tasks, config.ewc_lambda, seed)
+        learner.set_anchors(penalty.state_dict(), range(1, ewc_tasks + 1))
+    return learner
 
 
 def empty_penalty_state(lam: float) -> dict[str, Any]:
@@ -137,50 +124,19 @@ def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed
 
 
 class BareUpdate:
-    """One Double-DQN update in plain torch: the same network, batch, optimiser and EWC gradient as
-    `agents.dqn.Learner.update`, without metrics, checks, replay or actors: the compute limit.
-    `compile_step` as in `Learner`: RMSProp's step through torch.compile."""
+    """One Double-DQN update through `agents.dqn.Learner`'s own loss, gradient, clipping and RMSProp
+    step (`td_gradient`, `clipped_step`) on a ready batch with a fixed EWC pull, without what
+    `Learner.update` adds around them (batch checks, metrics, finiteness checks, target syncs) and
+    without replay or actors: the compute limit. `compile_step` as in `Learner`."""
 
     def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False):
-        self.cfg = config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.online = QNetwork(config.network)
-        self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = RMSProp(
-            self.online.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha,
-            eps=config.rmsprop_eps, centered=config.rmsprop_centered,
-        )
-        self.step = compiled_optimizer_step(self.optimizer) if compile_step else self.optimizer.step
-        batch = random_batch(config.batch_size, config.network, seed=seed)
-        self.states = torch.from_numpy(batch.states)
-        self.next_states = torch.from_numpy(batch.next_states)
-        self.actions = torch.from_numpy(batch.actions).long()
-        self.rewards = torch.from_numpy(batch.rewards)
-        self.terminals = torch.from_numpy(batch.terminals)
-        names = shared_parameter_names(self.online)
-        named = dict(self.online.named_parameters())
-        self.shared = [named[n] for n in names]
-        penalty = synthetic_anchors(self.online, ewc_tasks, config.ewc_lambda, seed) if ewc_tasks else None
-        # The penalty's gradient lambda A (theta - mu), lambda A precomputed, added inside the optimizer's
-        # pass: the fewest passes over memory.
-        scale = [config.ewc_lambda * penalty.precision[n] for n in names] if penalty else []
-        self.pull = Pull(self.shared, scale, [penalty.mean[n] for n in names]) if penalty else None
+        self.learner = anchored_learner(config, ewc_tasks=ewc_tasks, seed=seed, compile_step=compile_step)
+        self.pull = self.learner._ewc_pull() if ewc_tasks else None
+        self.tensors = to_tensors(Batch.random(config.batch_size, config.network, seed=seed), self.learner.device)
 
     def __call__(self) -> None:
-        cfg, online = self.cfg, self.online
-        q = online(self.states, 0).gather(1, self.actions.unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            next_actions = online(self.next_states, 0).argmax(1, keepdim=True)
-            next_q = self.target(self.next_states, 0).gather(1, next_actions).squeeze(1)
-            y = self.rewards + cfg.gamma * (1.0 - self.terminals) * next_q
-        loss = F.huber_loss(q, y, delta=cfg.huber_delta)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in online.parameters() if p.grad is not None]
-        norm = float(global_norm(grads))  # the learner syncs here too (metrics, finiteness)
-        scale_to_max_norm_(grads, norm, cfg.max_grad_norm)
-        self.step(pull=self.pull)  # EWC: + lambda A (theta - mu), inside the step
+        _, grads, norm = self.learner.td_gradient(self.tensors, 0)
+        self.learner.clipped_step(grads, float(norm), self.pull)  # the learner syncs on the norm too (metrics)
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
@@ -206,15 +162,13 @@ def bare_updates_per_s(
 def learner_breakdown(
     config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000, compile_step: bool = False
 ) -> dict[str, float]:
-    """Seconds per update, interleaved: bare torch, `Learner.update` on a ready batch, and replay
+    """Seconds per update, interleaved: `BareUpdate`, `Learner.update` on a ready batch, and replay
     sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is.
     With `compile_step`, also the bare update with the eager optimizer step ("bare_eager"): what compiling gains."""
     bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step)
-    learner = Learner(config, compile_step=compile_step)
-    penalty = synthetic_anchors(learner.online, 1, config.ewc_lambda)
-    learner.set_anchors(penalty.state_dict(), [1])
-    batch = random_batch(config.batch_size, config.network)
-    replay = FrameReplay(replay_capacity, seed=0)
+    learner = anchored_learner(config, compile_step=compile_step)
+    batch = Batch.random(config.batch_size, config.network)
+    replay = FrameReplay(replay_capacity, seed=0, n_step=config.n_step, gamma=config.gamma)
     fill_replay(replay, replay_capacity - replay_capacity // 100, episode_length=1000)
 
     def sampled() -> None:
@@ -256,7 +210,7 @@ def ewc_overhead(
 
     report_every_s = PENALTY_REPORT_S if report_every_s is None else report_every_s
     net = QNetwork(config.network)
-    batch = random_batch(config.batch_size, config.network)
+    batch = Batch.random(config.batch_size, config.network)
     penalties = {name: synthetic_anchors(net, n, config.ewc_lambda) for name, n in (("tasks_1", 1), ("tasks_10", 10))}
     states = {
         "none": (empty_penalty_state(config.ewc_lambda), []),
@@ -371,7 +325,7 @@ def fisher_throughput(network: NetworkConfig, *, atari_samples: int, mnist_sampl
     """
     torch.manual_seed(0)
     net, target = QNetwork(network), QNetwork(network)
-    batch = random_batch(atari_samples, network)
+    batch = Batch.random(atari_samples, network)
     out: dict[str, float] = {"atari_samples": atari_samples, "mnist_samples": mnist_samples}
     for kind in ("softmax_exact", "softmax_sample", "td_empirical"):
         seconds = _timed(lambda: q_network_fisher(net, target, batch, 0, kind=kind), repeats)

@@ -133,7 +133,7 @@ class StopAtScore(TrainerHook):
 
     def after_eval(self, trainer, evaluation) -> None:
         score = evaluation.scores[self.game]
-        elapsed = time.monotonic() - trainer.started
+        elapsed = time.monotonic() - trainer.progress.started
         self.evaluations.append((elapsed, evaluation.frames, score))
         if score >= self.threshold and self.reached_s is None:
             self.reached_s = elapsed
@@ -186,3 +186,21 @@ def median_seconds(runs: list[dict[str, Any]]) -> float | None:
     values = [r["seconds"] if r["seconds"] is not None else math.inf for r in runs]
     middle = statistics.median(values)
     return None if math.isinf(middle) else middle
+
+
+def time_to_score_summary(runs: dict[str, list[dict[str, Any]]], *, game: str, threshold: float, seeds: int,
+                          cap_s: float) -> dict[str, Any]:
+    """The bench's `time_to_score` section from each system's runs (`ours`, `loop`, `rllib`; one per seed)."""
+    medians = {name: median_seconds(r) if r else None for name, r in runs.items()}
+    ratio = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
+    return {
+        "game": game, "threshold": threshold, "seeds": seeds, "cap_s": cap_s,
+        "eval_every_steps": EVAL_EVERY, "eval_episodes": EVAL_EPISODES,
+        "ours_s": medians["ours"], "loop_s": medians["loop"], "rllib_s": medians["rllib"],
+        "ours_over_loop": ratio(medians["ours"], medians["loop"]),
+        "ours_over_rllib": ratio(medians["ours"], medians["rllib"]),
+        # RLlib's median past the cap: the ratio is below ours / cap
+        "ours_over_rllib_at_most": ratio(medians["ours"], medians["rllib"] or (cap_s if runs["rllib"] else None)),
+        "runs": {name: [r["seconds"] for r in values] for name, values in runs.items()},
+        "evaluations": {name: [r["evaluations"] for r in values] for name, values in runs.items()},
+    }

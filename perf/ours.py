@@ -23,6 +23,7 @@ from perf.measure import rate, steady_rate, synthetic_anchors
 from training.config import RunConfig, config_from_dict, load_yaml
 from training.hooks import TrainerHook
 from training.loop import Trainer
+from training.services import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NETWORK = {"channels": [16, 32, 32], "hidden": 128}  # configs/smoke.yaml's network, for tests
@@ -71,8 +72,6 @@ class Measurement(TrainerHook):
         self.warmup_s = warmup_s
         self.ewc_tasks = ewc_tasks
         self.max_wait_s = max_wait_s
-        actors = config.actors
-        self.max_lead = 2 * actors.chunk_steps * actors.envs_per_actor * actors.num_env_actors  # as in the driver
         self.step_events: list[tuple[float, float]] = []  # (time, env steps so far) at each chunk's arrival
         self.update_events: list[tuple[float, float]] = []  # (time, updates so far) at each slice's return
         self.busy_events: list[tuple[float, float, float]] = []  # (time, learner wall s, CPU s inside train), cumulative
@@ -84,29 +83,30 @@ class Measurement(TrainerHook):
     def after_start(self, trainer: Trainer) -> None:
         import ray
 
+        from agents.dqn.consolidation import Anchors
         from agents.dqn.networks import QNetwork
 
-        self._started = trainer.started
+        self._started = trainer.progress.started
         if self.ewc_tasks:
             # A merged penalty anchoring other tasks, as after a task switch (set before any update).
             agent = trainer.config.agent
             penalty = synthetic_anchors(QNetwork(agent.network), self.ewc_tasks, agent.ewc_lambda)
             tasks = list(range(1, 1 + self.ewc_tasks))
-            ray.get(trainer.learner.set_anchors.remote({"ewc": penalty.state_dict(), "tasks": tasks}))
+            ray.get(trainer.actors.learner.set_anchors.remote(Anchors(penalty.state_dict(), tasks)))
 
     def after_collect(self, trainer: Trainer, result) -> None:
         now = time.monotonic()
-        self.step_events.append((now, trainer.counters.steps))
+        self.step_events.append((now, trainer.progress.counters.steps))
         self._check_window(trainer, now)
 
-    def after_train(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        self._busy += metrics["train_s"]
-        self._cpu += metrics["train_cpu_s"]
+    def after_train(self, trainer: Trainer, result: TrainResult) -> None:
+        self._busy += result.train_s
+        self._cpu += result.train_cpu_s
         now = time.monotonic()
         if self.learning_since is None:
             self.learning_since = now
             trainer.say("learning started")
-        self.update_events.append((now, metrics["updates"]))
+        self.update_events.append((now, result.updates))
         self.busy_events.append((now, self._busy, self._cpu))
         self._check_window(trainer, now)
 
@@ -120,10 +120,8 @@ class Measurement(TrainerHook):
             return
         if now - self._started > self.max_wait_s:
             raise RuntimeError(f"training did not reach a steady state within {self.max_wait_s:g} s")
-        counters = trainer.counters
-        lead = counters.trainable_steps - counters.updates_done * trainer.config.agent.update_period
-        lead += sum(trainer.inflight.adds.values())  # chunks not yet stored (the driver's in-flight count)
-        if self.learning_since is not None and lead <= self.max_lead:
+        pacing = trainer.progress.pacing
+        if self.learning_since is not None and pacing.lead() <= pacing.max_lead:
             self.steady_since = now
             trainer.say(f"steady state after {now - self._started:.0f} s; measuring for {self.window_s:g} s")
 

@@ -71,7 +71,8 @@ def make_env(env_config: dict) -> gym.Env:
     seed = env_config.get("seed", 0) + 1000 * getattr(env_config, "worker_index", 0) + getattr(env_config, "vector_index", 0)
     game = env_config["game"]
     family = family_of(game)
-    env = ChannelsLastFrameStack(make_game_env(game, seed=seed, settings=settings), family.frame_shape, env_config["stack"])
+    env = ChannelsLastFrameStack(make_game_env(game, seed=seed, settings=settings), family.frame_shape(settings),
+                                 env_config["stack"])
     env.action_space = gym.spaces.Discrete(family.num_actions)
     return env
 
@@ -136,7 +137,7 @@ def build_rllib_config(run_config: RunConfig, *, fragment: int = DEFAULT_FRAGMEN
             grad_clip_by="global_norm",
             double_q=True,
             dueling=False,
-            n_step=1,
+            n_step=agent.n_step,
             num_atoms=1,
             td_error_loss_fn="huber",
             # RLlib counts the target period in sampled env steps; ours counts updates.

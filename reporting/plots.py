@@ -26,6 +26,8 @@ MAX_MARKERS = 60  # evaluation curves with more points are drawn as plain lines
 SPARSE_POINTS = 12  # training-return segments this short get markers
 MAX_LABELLED_CELLS = 400  # matrices with more cells get no number in each cell
 MAX_COLUMNS = 3
+OUTLINE_INSET = 0.06  # of a cell, on each side of the red box around a matrix row's trained game
+COLUMN_LABEL_CHARS = 10  # matrix column names longer than this no longer fit level under a column
 SHADE = "0.88"
 
 
@@ -50,8 +52,8 @@ def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) 
 
 
 def _shade_visits(ax: Axes, run: RunLog, game: str | None = None, *, color: str | None = SHADE) -> None:
-    """Shade the visits of `game` (all visits, coloured by game, when `game` is None)."""
-    for visit in run.visits:
+    """Shade the visits of `game` (all visits, coloured by game, when `game` is None) where they were really played."""
+    for visit in run.played_visits:
         if game is None:
             shade = game_color(run.games.index(visit.game))
             ax.axvspan(visit.start_frame, visit.end_frame, color=shade, alpha=0.12, lw=0, zorder=0)
@@ -79,7 +81,7 @@ def plot_game_scores(runs: Sequence[RunLog]) -> Figure:
         ax.set_title(game)
         ax.set_ylabel("score")
         _millions(ax)
-        ax.set_xlim(0, max(run.visits[-1].end_frame for run in runs))
+        ax.set_xlim(0, max(run.played_visits[-1].end_frame for run in runs))
         ax.grid(True, alpha=0.3)
         ref = reference(game)
         if ref is not None:  # the same curve read as a normalised score
@@ -107,7 +109,7 @@ def plot_capped_sum(runs: Sequence[RunLog]) -> Figure:
     if games:
         level = " or ".join(sorted(references))
         ax.axhline(len(games), color="0.5", ls="--", lw=1, label=f"every game at {level} level")
-    for visit in runs[0].visits[1:]:
+    for visit in runs[0].played_visits[1:]:
         ax.axvline(visit.start_frame, color="0.85", lw=0.8, zorder=0)  # task switches
     ax.set_ylabel("capped normalised sum")
     ax.set_title("sum over games of min(normalised score, 1)")
@@ -135,7 +137,10 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
         "raw score" if NORMALIZED not in scales else "normalised (raw where no reference)")
     fig.colorbar(image, ax=ax, label=unit, shrink=0.9)
     for i, game in enumerate(matrix.trained):
-        ax.add_patch(Rectangle((matrix.games.index(game) - 0.5, i + offset - 0.5), 1, 1, fill=False, ec="red", lw=1.6))
+        # inset, so that the trained cells of consecutive rows, which touch, do not merge into a grid of red lines
+        column, row = matrix.games.index(game), i + offset
+        ax.add_patch(Rectangle((column - 0.5 + OUTLINE_INSET, row - 0.5 + OUTLINE_INSET), 1 - 2 * OUTLINE_INSET,
+                               1 - 2 * OUTLINE_INSET, fill=False, ec="red", lw=2.0))
     if rows * cols <= MAX_LABELLED_CELLS:
         middle = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
         for (i, j), value in np.ndenumerate(grid):
@@ -144,12 +149,15 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
                     color="black" if not np.isnan(value) and value > middle else "white")
     if offset:
         ax.axhline(0.5, color="white", lw=2)
-    ax.set_xticks(range(cols), matrix.games, rotation=30 if cols > 4 else 0, ha="right" if cols > 4 else "center")
+    # a name wider than its column would run into its neighbours: tilt the names then
+    tilt = max(len(game) for game in matrix.games) > COLUMN_LABEL_CHARS
+    ax.set_xticks(range(cols), matrix.games, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                  rotation_mode="anchor" if tilt else "default")
     step = max(1, rows // 40)  # at most ~40 row labels
     ax.set_yticks(range(0, rows, step), labels[::step], fontsize="small")
     ax.set_xlabel("evaluated game")
     ax.set_ylabel("after visit (trained game)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(red box: the game trained in that visit)", fontsize="medium")
     return fig
 
 
@@ -189,7 +197,7 @@ def plot_training(run: RunLog) -> Figure:
         _shade_visits(ax, run)
         ax.grid(True, alpha=0.3)
     _millions(axes[-1])
-    axes[0].set_xlim(0, run.visits[-1].end_frame)
+    axes[0].set_xlim(0, run.played_visits[-1].end_frame)
     fig.suptitle(f"{run.name}: training log (background: the game trained)")
     return fig
 

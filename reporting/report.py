@@ -94,8 +94,10 @@ def run_summary(run: RunLog, matrix: EvaluationMatrix | None, metrics: dict[str,
         "name": run.name,
         "run_dir": str(run.run_dir),
         "games": run.games,
-        "visits": [{"index": v.index, "game": v.game, "start_frame": v.start_frame, "end_frame": v.end_frame}
-                   for v in run.visits],
+        # start/end_frame as planned; played_*: when the run really played the visit (runs.played_visits)
+        "visits": [{"index": v.index, "game": v.game, "start_frame": v.start_frame, "end_frame": v.end_frame,
+                    "played_start_frame": played.start_frame, "played_end_frame": played.end_frame}
+                   for v, played in zip(run.visits, run.played_visits)],
         "ewc_enabled": run.config.agent.ewc_enabled,
         "task_inference": run.config.task_inference,
         "frames_evaluated": max(r.frames for r in run.rounds),

@@ -1,16 +1,21 @@
 """Reading what `run.py train` left in a run directory (see training/loop.py for the writer).
 
-- `config.yaml` -> the run's config and its schedule (which game each visit trained, when);
+- `config.yaml` -> the run's config and its schedule (which game each visit trained);
 - `eval.jsonl`  -> one `EvalRound` per evaluation round;
 - `metrics.jsonl` (optional) -> the training log as numpy columns, for the training-curve plot.
+
+The schedule plans visit i at frames [i, i + 1) x frames_per_visit, but the trainer plays each visit for
+frames_per_visit frames from whenever it really began, so a run drifts later than its plan;
+`played_visits` recovers when each visit was really played, which is what the plots shade.
 
 Malformed lines (a run killed mid-write leaves a partial last line) are skipped and counted,
 so a report can be made of a run that is still going or crashed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ import numpy as np
 import yaml
 
 from common.errors import UsageError
+from reporting.metrics import VISIT_END
 from training.config import RunConfig, config_from_dict
 from training.records import (
     CONFIG_FILE,
@@ -49,7 +55,8 @@ class RunLog:
     run_dir: Path
     name: str  # the config's run_name
     config: RunConfig
-    visits: list[Visit]
+    visits: list[Visit]  # as planned: what each visit trained
+    played_visits: list[Visit]  # the same visits at the frames they were really played (`played_visits`)
     games: list[str]  # in the order the schedule first plays them
     rounds: list[EvalRound]
     training: TrainingLog | None
@@ -93,6 +100,30 @@ def read_training_log(path: Path, skipped: dict[str, int]) -> TrainingLog:
                        np.asarray(games, dtype=str))
 
 
+def played_visits(planned: Sequence[Visit], rounds: Sequence[EvalRound], training: TrainingLog | None) -> list[Visit]:
+    """The visits at the frames the run really played them; each starts where the previous one ended.
+
+    A visit ended at its "visit_end" round, which the trainer takes at the switch, before the next
+    visit plays a frame (the last such round, should a resumed run have logged two). A run evaluated
+    without those rounds: at the first metrics.jsonl line logged after the visit's planned length
+    that names another game (the switch came within that line's log interval). A visit with neither
+    (being played, or not yet): its start plus the planned length.
+    """
+    ends = {round_.visit_index: round_.frames for round_ in rounds if round_.kind == VISIT_END}
+    played: list[Visit] = []
+    start = 0
+    for visit in planned:
+        length = visit.end_frame - visit.start_frame
+        end = ends.get(visit.index)
+        if end is None and training is not None:
+            after = np.flatnonzero((training.columns["frames"] >= start + length) & (training.game != visit.game))
+            end = int(training.columns["frames"][after[0]]) if after.size else None
+        end = max(end, start) if end is not None else start + length
+        played.append(dataclasses.replace(visit, start_frame=start, end_frame=end))
+        start = end
+    return played
+
+
 def load_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
@@ -128,6 +159,7 @@ def load_run(run_dir: str | Path) -> RunLog:
         name=config.run_name,
         config=config,
         visits=list(schedule.visits),
+        played_visits=played_visits(schedule.visits, rounds, training),
         games=schedule.games(),
         rounds=rounds,  # file order = the order they were taken (plots sort by frames)
         training=training,

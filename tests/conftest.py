@@ -1,4 +1,11 @@
-"""Shared fixtures: one tiny real training run (real ALE games, real local Ray) reused by several test files."""
+"""Shared fixtures, and the two tiers of the suite.
+
+The fast tier (`pytest -m "not slow"`) starts no Ray and trains nothing. A test is slow when it uses
+one of `SLOW_FIXTURES` (each starts Ray or trains), and it is marked so here, from its fixtures, so
+a new test cannot slip into the fast tier by forgetting a mark; a fast test that starts Ray anyway
+fails at once (the fast tier sets `FORBID_RAY_ENV`, which `training.cluster.init_ray` honours).
+A test that is slow for another reason says so itself with `@pytest.mark.slow`.
+"""
 from __future__ import annotations
 
 import json
@@ -9,7 +16,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.cluster import FORBID_RAY_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_ray(request, monkeypatch):
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv(FORBID_RAY_ENV, f"{request.node.nodeid} is in the fast tier")
 
 # Two games, two visits each (three task switches), a small network; about a minute on 2 cores.
 TINY_RUN_OVERRIDES = [
@@ -51,14 +73,34 @@ def has_learned(run_dir: Path) -> bool:
 
 def run_train(
     logdir: Path, overrides: list[str], extra_args: list[str] = (), timeout: float = 600,
-    config: Path = ROOT / "configs" / "smoke.yaml",
-) -> subprocess.CompletedProcess:
-    """`run.py train` on `config` (configs/smoke.yaml) with `--set` overrides, as a subprocess."""
-    args = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(config),
-            "--logdir", str(logdir), *extra_args]
+    config: Path = ROOT / "configs" / "smoke.yaml", wait: bool = True,
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`run.py train` on `config` (configs/smoke.yaml) with `--set` overrides, as a subprocess (finished,
+    or started when not `wait`)."""
+    args = ["train", "--config", str(config), "--logdir", str(logdir), *extra_args]
     for override in overrides:
         args += ["--set", override]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return run_command(*args, timeout=timeout, wait=wait)
+
+
+def run_command(*args: str, timeout: float = 600, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`run.py ARGS` as a subprocess (finished, or started when not `wait`), from the repository root."""
+    command = [sys.executable, str(ROOT / "run.py"), *args]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def train():
+    """`run_train` for a test: training starts Ray, so the test is in the slow tier."""
+    return run_train
+
+
+@pytest.fixture
+def ray_command():
+    """`run_command` for a command that starts Ray (train, bench, sweep, a resume): the test is in the slow tier."""
+    return run_command
 
 
 @pytest.fixture(scope="session")

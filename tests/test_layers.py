@@ -3,8 +3,8 @@
     run.py                       the commands, imported by name when one runs
     tuning                       sweeps of whole training runs on Ray Tune, ranked with the report's metrics
     reporting  perf  experiments what users run on top: reports, benchmarks, the paper's supervised experiments
-    training                     the distribution layer: config, schedule, task ids, Ray actors, the trainer
-    agents                       the DQN agent: networks, losses, Fisher, learner, actor; replay, optimiser
+    training                     the distribution layer: config, schedule, task ids, pacing, strategies, Ray actors, the trainer
+    agents                       the DQN agent: networks, losses, Fisher, consolidation, learner, actor; replay, optimiser
     ewc  envs  fmn               the EWC core, the environments, forget-me-not task inference
     common                       errors, result files, figures
 """

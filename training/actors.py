@@ -1,4 +1,4 @@
-"""Thin Ray actor wrappers around the plain classes (EnvRunner, LearnerService, ConsolidationService).
+"""Thin Ray actor wrappers around the plain classes (EnvRunner, LearnerService, Consolidation).
 
 All logic lives in the wrapped classes; these only pin torch threads, report the node
 they run on, and split large return values so they travel actor-to-actor through the
@@ -12,7 +12,8 @@ import ray
 import torch
 
 from agents.dqn.actor import EnvRunner
-from training.services import ConsolidationService, LearnerService
+from agents.dqn.consolidation import Consolidation
+from training.services import LearnerService
 
 
 def _node_id() -> str:
@@ -46,10 +47,10 @@ class _LearnerActor(LearnerService):
                 "torch_threads": torch.get_num_threads()}
 
 
-class _ConsolidationActor(ConsolidationService):
+class _ConsolidationActor(Consolidation):
     def __init__(self, config, device: str):
         torch.set_num_threads(1)
-        super().__init__(config, device)
+        super().__init__(config.agent, device, seed=config.seed)
 
     def where(self) -> dict:
         return {"node_id": _node_id(), "pid": os.getpid()}

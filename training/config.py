@@ -3,7 +3,14 @@
 A config says everything about a run. Every key has a type and a range; an unknown key
 gets a suggestion, a wrong type or range names the key and the allowed values, and all
 such mistakes end the command with exit code 2 before any Ray actor starts.
-`--set section.key=value` overrides any entry (the value is parsed as YAML).
+
+A config may start from another: a top-level `extends: paper.yaml` (a path relative to the
+directory of the file that says it) loads that file first, itself possibly extending another,
+and lays this file's keys over it: mappings merge key by key, lists and scalars replace. So a
+variant names only what differs. A cycle, a missing parent or an `extends` that is not a file
+name is a usage error naming the files. `--set section.key=value` overrides any entry of the
+resolved config, last (the value is parsed as YAML). A run directory's config.yaml is the
+resolved config in full, without `extends`.
 
 Units are in the key names: `*_frames` count emulator frames (the paper's unit: one agent
 step is `env.frame_skip` frames), `*_steps` count agent steps, `*_updates` count learner updates.
@@ -20,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from agents.dqn.config import DQNConfig
+from agents.dqn.config import MAX_N_STEP, DQNConfig
 from agents.epsilon import EpsilonConfig
 from common.errors import UsageError
 from envs.games import check_settings, resolve_game, schedule_family
@@ -88,10 +95,25 @@ class RunConfig:
         return self.schedule.frames_per_visit * self.schedule.repeats * len(self.games)
 
 
+def learner_device(requested: str, has_gpu: bool) -> str:
+    """The learner's device for the config's `device` ("auto", "cpu" or "cuda") where a GPU is there or not."""
+    return {"auto": "cuda" if has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[requested]
+
+
+def replay_bytes_per_transition(agent: DQNConfig) -> float:
+    """Bytes one stored transition takes in the run's replay: its real layout, measured on a tiny buffer."""
+    from agents.replay import FrameReplay
+
+    network = agent.network
+    buffer = FrameReplay(network.frame_stack + 1, network.frame_shape, network.frame_stack,
+                         n_step=agent.n_step, gamma=agent.gamma)
+    return buffer.bytes_per_transition
+
+
 # ---- ranges checked after types -----------------------------------------------------------
 
 _POSITIVE = {
-    "schedule.repeats", "schedule.frames_per_visit", "env.frame_skip", "env.max_episode_frames",
+    "schedule.repeats", "schedule.frames_per_visit", "env.frame_skip", "env.screen_size", "env.max_episode_frames",
     "agent.network.hidden", "agent.network.max_tasks", "agent.batch_size", "agent.learning_rate",
     "agent.rmsprop_eps", "agent.max_grad_norm", "agent.huber_delta", "agent.target_update_period",
     "agent.update_period", "agent.replay_capacity", "agent.fisher_minibatches", "fmn.window", "fmn.observe_every",
@@ -104,6 +126,7 @@ _NON_NEGATIVE = {
     "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",
     "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames", "fmn.count_cap",
 }
+_BOUNDED = {"agent.n_step": (1, MAX_N_STEP)}  # key -> (lowest, highest) allowed
 _UNIT_INTERVAL = {
     "env.repeat_action_probability", "agent.gamma", "agent.rmsprop_alpha", "epsilon.start", "epsilon.end",
     "epsilon.evaluation", "agent.ewc_online_gamma", "fmn.outlier_prob",
@@ -177,6 +200,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in data.items():
+        if key == EXTENDS_KEY and not prefix:  # load_yaml resolves it; here it came through --set or a dict
+            raise UsageError(f"{EXTENDS_KEY!r} is read only from a config file (it names the file a config starts from)")
         if key not in hints:
             raise UsageError(f"unknown config key {prefix + str(key)!r}{_suggest(str(key), known)}")
         tp = hints[key]
@@ -198,6 +223,8 @@ def _check_range(path: str, value: Any) -> None:
         raise UsageError(f"config key {path!r} must be >= 0, got {value!r}")
     if path in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
         raise UsageError(f"config key {path!r} must lie in [0, 1], got {value!r}")
+    if path in _BOUNDED and not _BOUNDED[path][0] <= value <= _BOUNDED[path][1]:
+        raise UsageError(f"config key {path!r} must lie in [{_BOUNDED[path][0]}, {_BOUNDED[path][1]}], got {value!r}")
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -250,9 +277,11 @@ def _resolve_games(config: RunConfig) -> RunConfig:
     family = schedule_family(games)
     check_settings(family, config.env)
     network = config.agent.network
-    if tuple(network.frame_shape) != family.frame_shape:
-        raise UsageError(f"config key 'agent.network.frame_shape' must be {list(family.frame_shape)} for "
-                         f"{family.name} games (their frames), got {list(network.frame_shape)}")
+    frame_shape = family.frame_shape(config.env)
+    if tuple(network.frame_shape) != frame_shape:
+        resized = f" with env.screen_size {config.env.screen_size}" if family.fixed_frame_shape is None else ""
+        raise UsageError(f"config key 'agent.network.frame_shape' must be {list(frame_shape)} for "
+                         f"{family.name} games{resized} (their frames), got {list(network.frame_shape)}")
     if network.num_actions != family.num_actions:
         raise UsageError(f"config key 'agent.network.num_actions' must be {family.num_actions} for {family.name} "
                          f"games (their full action set), got {network.num_actions}")
@@ -266,11 +295,7 @@ def _check_memory(config: RunConfig) -> None:
     """Refuse replay buffers that cannot fit in this machine's memory (before hours are spent)."""
     import os
 
-    from agents.replay import FrameReplay
-
-    network = config.agent.network
-    # the real layout, measured on a tiny buffer
-    per_transition = FrameReplay(5, network.frame_shape, network.frame_stack).bytes_per_transition
+    per_transition = replay_bytes_per_transition(config.agent)
     needed = per_transition * config.agent.replay_capacity * len(config.games)
     try:
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -309,8 +334,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
+EXTENDS_KEY = "extends"  # a config file's parent: its keys, with this file's laid over them
+
+
+def merge_configs(parent: dict, child: dict) -> dict:
+    """`child` laid over `parent`: mappings merge key by key, anything else (lists too) replaces."""
+    merged = dict(parent)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_mapping(path: Path) -> dict:
+    """One config file as written (its `extends`, if any, still in it)."""
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} does not exist")
     try:
@@ -326,6 +365,30 @@ def load_yaml(path: str | Path) -> dict:
     if not data:  # a run on defaults alone is almost always a mistake, e.g. a redirect that wrote nothing
         raise UsageError(f"{path} is empty: a config says what to run; start from one in configs/")
     return data
+
+
+def _resolve_extends(path: Path, children: tuple[Path, ...]) -> dict:
+    """`path`'s keys over those of the file it extends, recursively; `children`: the files that led here."""
+    data = _read_mapping(path)
+    if EXTENDS_KEY not in data:
+        return data
+    named = data.pop(EXTENDS_KEY)
+    if not isinstance(named, str) or not named.strip():
+        raise UsageError(f"{path}: {EXTENDS_KEY!r} must name the config file it starts from, relative to "
+                         f"this file's directory (e.g. extends: paper.yaml), got {named!r}")
+    parent = path.parent / named
+    chain = (*children, path)
+    if parent.resolve() in {link.resolve() for link in chain}:
+        cycle = " -> ".join(str(link) for link in (*chain, parent))
+        raise UsageError(f"config files extend each other in a cycle: {cycle}")
+    if not parent.is_file():
+        raise UsageError(f"{path}: extends {named!r}, but {str(parent)!r} does not exist")
+    return merge_configs(_resolve_extends(parent, chain), data)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A config file as a plain mapping, its `extends` chain resolved; UsageError on any file problem."""
+    return _resolve_extends(Path(path), ())
 
 
 def config_from_dict(data: dict, *, check_memory: bool = True) -> RunConfig:

@@ -1,21 +1,26 @@
 """Evaluate a checkpoint on its games: raw score, normalised score, capped sum.
 
 Examples:
+  python run.py eval --checkpoint runs/smoke
   python run.py eval --checkpoint runs/smoke --json eval.json
   python run.py eval --checkpoint runs/paper/checkpoints/ckpt_000020000000.pt --games Pong Breakout --episodes 10
 
 CHECKPOINT may be a checkpoint file, a run directory or its checkpoints/ directory (the newest
 readable checkpoint is used). Each game is played with its own task's gains and biases; the
 capped sum is the paper's metric: the sum over games of normalised scores capped at 1.
+Prints a table (game, mean score, episodes, normalised score) on stdout; --json also writes every
+episode's score and the settings to a file. Progress goes to stderr (--quiet silences it).
 Runs in this process, without Ray.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from common.errors import UsageError
-from common.results import write_json_atomic
+from common.results import Progress, write_json_atomic
 from envs import scores
 from envs.games import resolve_game
 
@@ -24,17 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     parser.add_argument("--games", nargs="+", default=None, help="games to play (default: the run's schedule)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per game (default: the run's eval.episodes)")
-    parser.add_argument("--epsilon", type=float, default=None, help="exploration rate (default: the run's eval.epsilon)")
+    parser.add_argument("--epsilon", type=float, default=None, help="exploration rate (default: the run's epsilon.evaluation)")
     parser.add_argument("--max-episode-frames", type=int, default=None, help="cap on frames per episode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", required=True, help="where to write the results")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the results, with every episode's score, to this JSON file")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output on stderr (the table is still printed)")
 
 
 def main(args: argparse.Namespace) -> int:
     from agents.dqn.actor import EnvRunner
     from training import checkpoint
 
+    if args.json is not None and Path(args.json).is_dir():  # before the games are played, not after
+        raise UsageError(f"--json {args.json}: it is a directory; give a file name")
+    progress = Progress(quiet=args.quiet)
     trained, _ = checkpoint.policy(args.checkpoint)
     config, task_ids = trained.config, trained.game_tasks
     games = [resolve_game(g) for g in (args.games or list(task_ids))]
@@ -54,9 +64,7 @@ def main(args: argparse.Namespace) -> int:
         mean = sum(played) / len(played)
         normalized[game] = scores.normalized(game, mean)
         results[game] = {"task": task_ids[game], "scores": played, "score": mean, "normalized": normalized[game]}
-        if not args.quiet:
-            norm = "n/a" if normalized[game] is None else f"{normalized[game]:.3f}"
-            print(f"{game}: score {mean:.1f} over {episodes} episode(s), normalised {norm}", file=sys.stderr)
+        progress(f"{game}: score {mean:.1f} over {episodes} episode(s)")
     output = {
         "checkpoint": str(trained.path),
         "frames": trained.frames,
@@ -64,7 +72,21 @@ def main(args: argparse.Namespace) -> int:
         "capped_sum": scores.capped_sum(normalized),
         "config": {"episodes": episodes, "epsilon": epsilon, "max_episode_frames": max_frames, "seed": args.seed},
     }
-    write_json_atomic(args.json, output)
-    if not args.quiet:
-        print(f"capped normalised sum: {output['capped_sum']:.3f} -> {args.json}", file=sys.stderr)
+    print(results_table(results, output["capped_sum"]), flush=True)
+    if args.json is not None:
+        progress(f"wrote {write_json_atomic(args.json, output)}")
     return 0
+
+
+def results_table(results: Mapping[str, Mapping[str, Any]], capped_sum: float) -> str:
+    """The scores as a plain-text table, one row per game, then the capped normalised sum."""
+    header = ("game", "score (mean)", "episodes", "normalised")
+    rows = [(game, f"{entry['score']:.1f}", str(len(entry["scores"])),
+             "n/a" if entry["normalized"] is None else f"{entry['normalized']:.3f}")
+            for game, entry in results.items()]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
+                       enumerate(zip(row, widths))).rstrip() for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append(f"capped normalised sum: {capped_sum:.3f}")
+    return "\n".join(lines)

@@ -1,12 +1,13 @@
 """Named extension points of the trainer (Avalanche-style plugins).
 
 A hook sees the trainer at fixed points of its loop and may ask it to stop cleanly; the
-benchmark measures the trainer through one (`perf/ours.py`), the wall-time budget of
-`run.py train --stop-after-s` is one. Override what you need; every method is a no-op here.
+continual-learning strategy is one (`training.strategies`: EWC consolidates at task switches),
+the benchmark measures the trainer through one (`perf/ours.py`), the wall-time budget of
+`run.py train --stop-after-s` is one. A hook reads the run's state from `trainer.progress`. Override what you need; every method is a no-op here.
 
     after_start(trainer)                   actors are up, the run (or its resumed state) is loaded
     after_collect(trainer, result)         an env actor's chunk arrived (`agents.dqn.actor.CollectResult`)
-    after_train(trainer, metrics)          a slice of learner updates came back (`LearnerService.train`'s metrics)
+    after_train(trainer, result)           a slice of learner updates came back (`training.services.TrainResult`)
     after_eval(trainer, evaluation)        an evaluation round was recorded (`training.records.EvalRound`)
     at_task_switch(trainer, old, new)      the trained task changes (`new` is None at the schedule's end)
     should_stop(trainer) -> str | None     a reason to stop now (checkpoint and summary are still written)
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from agents.dqn.actor import CollectResult
     from training.loop import Trainer
     from training.records import EvalRound
+    from training.services import TrainResult
 
 
 class TrainerHook:
@@ -32,7 +34,7 @@ class TrainerHook:
     def after_collect(self, trainer: Trainer, result: CollectResult) -> None:
         pass
 
-    def after_train(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def after_train(self, trainer: Trainer, result: TrainResult) -> None:
         pass
 
     def after_eval(self, trainer: Trainer, evaluation: EvalRound) -> None:
@@ -52,7 +54,7 @@ class TimeLimit(TrainerHook):
         self.seconds = seconds
 
     def should_stop(self, trainer: Trainer) -> str | None:
-        if time.monotonic() - trainer.started >= self.seconds:
+        if time.monotonic() - trainer.progress.started >= self.seconds:
             return f"time limit of {self.seconds:g} s reached"
         return None
 

@@ -1,37 +1,65 @@
-"""What the learner and consolidation actors do, as plain classes (the Ray actors only wrap them).
+"""What the learner actor does, as a plain class (the Ray actor only wraps it).
 
-`LearnerService`: per-task replay + the Double-DQN `Learner` + the task-id source. Chunks
-from env actors go in, minibatch updates come out, weights are published for actors.
-
-`ConsolidationService`: at each task switch, the Fisher of the finished task on a sample
-of its buffer, anchored at the learner's current shared weights. It keeps one Fisher and
-one anchor per task, so a task visited again replaces its own term rather than counting
-twice, and it ships the learner one merged quadratic over the tasks that qualify: every
-consolidated task except the one now being trained, once it was played
-`agent.ewc_min_frames` frames (as the driver counts them). This is the one place that rule
-lives. The learner's cost per update stays that of one quadratic.
+`LearnerService`: per-task replay + the Double-DQN `Learner` + forget-me-not when the run infers
+its tasks. Chunks from env actors go in (`AddResult` back), slices of minibatch updates come out
+(`TrainResult`), weights are published for actors, and at a task switch it hands the finished
+task's weights and a sample of its buffer to consolidation (`agents.dqn.consolidation`).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from agents.dqn.fisher import fisher_batch, normalized, q_network_fisher
+from agents.dqn.consolidation import Anchors, ConsolidationInputs
+from agents.dqn.fisher import fisher_batch
 from agents.dqn.learning import Learner
-from agents.dqn.networks import QNetwork, shared_parameter_names
 from agents.replay import TaskReplay, TransitionChunk
 from common.errors import UsageError
-from ewc import EWCPenalty
 from fmn import ForgetMeNot
 from training.config import RunConfig
 
 PENALTY_REPORT_S = 5.0  # seconds between computations of the EWC penalty's value (a logged metric)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """The learner stored a collect's chunks: under which task (inferred with forget-me-not), and the buffer's state."""
+
+    task: int
+    replay_size: int
+    transitions: int
+    ready: bool  # the task's buffer may be trained on
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A slice of updates: its metrics averaged over the slice, and the learner's health."""
+
+    updates: int  # the learner's total optimizer steps so far
+    means: dict[str, float] = field(default_factory=dict)  # loss, td_error_abs_mean, q_mean, grad_norm
+    ewc_penalty: float = 0.0  # the latest value computed (it is computed only now and then)
+    ewc_grad_ratio: dict[str, float] | None = None  # per layer, when measured in this slice
+    skipped_nonfinite: int = 0  # updates of the slice skipped for a NaN/inf loss or gradient
+    nonfinite_in_a_row: int = 0
+    weights_nonfinite: bool = False
+    train_s: float = 0.0  # wall time inside `train`
+    train_cpu_s: float = 0.0  # this process's CPU time meanwhile (a benchmark reads both)
+
+    def divergence(self, max_nonfinite_in_a_row: int) -> str | None:
+        """Why training cannot go on (NaN/inf weights, or too many NaN/inf updates in a row), if it cannot."""
+        if self.weights_nonfinite:
+            return "the network's weights became NaN/inf: training has diverged."
+        if self.nonfinite_in_a_row >= max_nonfinite_in_a_row:
+            return (f"{self.nonfinite_in_a_row} updates in a row had a NaN/inf loss or gradient "
+                    f"(agent.max_nonfinite_in_a_row = {max_nonfinite_in_a_row}): training has diverged "
+                    "(e.g. agent.learning_rate too high).")
+        return None
 
 
 class LearnerService:
@@ -41,13 +69,13 @@ class LearnerService:
         self.learner = Learner(agent, device=device, seed=config.seed, compile_step=config.actors.learner_compile)
         network = agent.network
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=network.max_tasks, frame_shape=network.frame_shape,
-                                 stack=network.frame_stack, seed=config.seed)
+                                 stack=network.frame_stack, seed=config.seed, n_step=agent.n_step, gamma=agent.gamma)
         self.fmn = ForgetMeNot.from_config(config.fmn, network.frame_shape) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
         self.task_updates: dict[int, int] = {}  # updates trained per task
         self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed
 
-    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> dict[str, Any]:
+    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> AddResult:
         """Store an actor's chunks in their task's buffer; returns the task, its buffer size and readiness.
 
         With forget-me-not task inference the task comes from the frames (the majority id over
@@ -74,20 +102,15 @@ class LearnerService:
                     continue
             buffer.add_chunk(chunk, source)
             transitions += chunk.num_transitions
-        return {"task": task, "replay_size": self.replay.num_transitions(task), "transitions": transitions,
-                "ready": self.ready(task)}
+        return AddResult(task, self.replay.num_transitions(task), transitions, self.ready(task))
 
     def ready(self, task: int) -> bool:
         """Whether `task`'s buffer may be trained on (`agents.replay.FrameReplay.ready`)."""
         agent = self.config.agent
         return self.replay.ready(task, agent.learning_starts, agent.batch_size)
 
-    def train(self, task: int, num_updates: int) -> dict[str, float]:
-        """`num_updates` minibatch updates on `task`'s buffer; returns the metrics averaged.
-
-        "train_s" is the wall time spent here and "train_cpu_s" this process's CPU time meanwhile: how
-        busy the learner is, and whether it got its cores (a benchmark reads them; the driver ignores them).
-        """
+    def train(self, task: int, num_updates: int) -> TrainResult:
+        """`num_updates` minibatch updates on `task`'s buffer."""
         if num_updates and not self.ready(task):
             agent = self.config.agent
             raise UsageError(
@@ -98,45 +121,45 @@ class LearnerService:
         sums: dict[str, float] = {}
         # The penalty's value is for logging and costs about two updates' worth of EWC passes: compute it
         # on the slice's last update, at most every PENALTY_REPORT_S (the driver logs far less often).
-        report = started - self._penalty_reported >= PENALTY_REPORT_S
-        if report and num_updates:
+        report = bool(num_updates) and started - self._penalty_reported >= PENALTY_REPORT_S
+        if report:
             self._penalty_reported = started
+        metrics: dict[str, float] = {}
         for i in range(num_updates):
             batch = self.replay.sample(task, self.config.agent.batch_size)
             metrics = self.learner.update(batch, task, report_penalty=report and i == num_updates - 1)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         self.task_updates[task] = self.task_updates.get(task, 0) + num_updates
-        averaged = {key: value / max(num_updates, 1) for key, value in sums.items()}
-        averaged["updates"] = self.learner.num_updates
-        averaged["nonfinite_in_a_row"] = self.learner.nonfinite_in_a_row
-        averaged["weights_nonfinite"] = sums.get("weights_nonfinite", 0.0) > 0
-        if num_updates:
-            averaged["ewc_penalty"] = metrics["ewc_penalty"]  # the latest value computed (see above)
-        if report and num_updates and self.learner.ewc_active():
-            averaged["ewc_grad_ratio"] = dict(self.learner.last_ewc_grad_ratios)
-        averaged["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0)
-        averaged["train_s"] = time.perf_counter() - started
-        averaged["train_cpu_s"] = time.process_time() - cpu_started
-        return averaged
+        health = ("ewc_penalty", "skipped_nonfinite", "weights_nonfinite", "updates")
+        return TrainResult(
+            updates=self.learner.num_updates,
+            means={key: value / num_updates for key, value in sums.items() if key not in health},
+            ewc_penalty=metrics.get("ewc_penalty", 0.0),
+            ewc_grad_ratio=dict(self.learner.last_ewc_grad_ratios) if report and self.learner.ewc_active() else None,
+            skipped_nonfinite=int(sums.get("skipped_nonfinite", 0)),
+            nonfinite_in_a_row=self.learner.nonfinite_in_a_row,
+            weights_nonfinite=sums.get("weights_nonfinite", 0.0) > 0,
+            train_s=time.perf_counter() - started,
+            train_cpu_s=time.process_time() - cpu_started,
+        )
 
     def weights(self) -> dict[str, Tensor]:
         return self.learner.weights()
 
-    def consolidation_inputs(self, task: int) -> dict[str, Any]:
-        """What the consolidation actor needs for `task`: weights and a sample of its buffer."""
-        batch = fisher_batch(self.replay.buffer(task), self.config.agent)
-        return {
-            "task": task,
-            "online": self.learner.weights(),
-            "target": {n: t.detach().cpu().clone() for n, t in self.learner.target.state_dict().items()},
-            "batch": batch,
-        }
+    def consolidation_inputs(self, task: int) -> ConsolidationInputs:
+        """What consolidation needs for `task`: weights and a sample of its buffer."""
+        return ConsolidationInputs(
+            task=task,
+            online=self.learner.weights(),
+            target={n: t.detach().cpu().clone() for n, t in self.learner.target.state_dict().items()},
+            batch=fisher_batch(self.replay.buffer(task), self.config.agent),
+        )
 
-    def set_anchors(self, anchors: Mapping[str, Any]) -> int:
-        self.learner.set_anchors(anchors["ewc"], anchors["tasks"])
+    def set_anchors(self, anchors: Anchors) -> int:
+        self.learner.set_anchors(anchors.penalty, anchors.tasks)
         self._penalty_reported = -float("inf")  # report the new penalty's value on the next slice
-        return len(anchors["tasks"])
+        return len(anchors.tasks)
 
     def updates_per_task(self) -> dict[int, int]:
         return dict(self.task_updates)
@@ -178,73 +201,3 @@ def _as_episode_start(chunk: TransitionChunk) -> TransitionChunk | None:
         return dataclasses.replace(chunk, **{f.name: getattr(chunk, f.name)[1:] for f in dataclasses.fields(chunk)})
     starts[0] = True
     return dataclasses.replace(chunk, episode_starts=starts)
-
-
-class ConsolidationService:
-    def __init__(self, config: RunConfig, device: str = "cpu"):
-        agent = config.agent
-        self.config = config
-        self.device = torch.device(device)
-        self.online = QNetwork(agent.network).to(self.device)
-        self.target = QNetwork(agent.network).to(self.device)
-        self.shared_names = shared_parameter_names(self.online)
-        self.terms: dict[int, tuple[dict[str, Tensor], dict[str, Tensor]]] = {}  # task -> (fisher, anchors)
-        self.online_penalty = self._new_penalty()  # used by online EWC only
-        self.generator = torch.Generator().manual_seed(config.seed)
-
-    def _new_penalty(self) -> EWCPenalty:
-        agent = self.config.agent
-        return EWCPenalty(
-            agent.ewc_lambda, online=agent.ewc_online, gamma=agent.ewc_online_gamma, include=self.shared_names
-        )
-
-    def consolidate(
-        self, inputs: Mapping[str, Any], current_task: int, frames_per_task: Mapping[int, int]
-    ) -> dict[str, Any]:
-        """Fisher of the finished task from `inputs` (see LearnerService.consolidation_inputs).
-
-        `frames_per_task`: frames played on each task so far; a task counts in the penalty once
-        it reaches `agent.ewc_min_frames`.
-
-        Returns the merged anchors for the learner: {"ewc": EWCPenalty state, "tasks": [...],
-        "fisher_task": the task just consolidated, "fisher_mean": mean Fisher (for logging)}.
-        """
-        task = int(inputs["task"])
-        self.online.load_state_dict(inputs["online"])
-        self.target.load_state_dict(inputs["target"])
-        computed = q_network_fisher(
-            self.online, self.target, inputs["batch"], task, kind=self.config.agent.fisher_kind,
-            gamma=self.config.agent.gamma, generator=self.generator,
-        )
-        fisher = normalized(computed, self.config.agent.fisher_normalization)
-        anchors = {n: inputs["online"][n].to(self.device) for n in self.shared_names}
-        min_frames = self.config.agent.ewc_min_frames
-        eligible = {int(t) for t, n in frames_per_task.items() if n >= min_frames}
-        if self.config.agent.ewc_online:
-            if task in eligible:
-                self.online_penalty.consolidate(anchors, fisher)
-                self.terms[task] = ({}, {})  # remembered only as "anchored"
-            tasks = sorted(self.terms)
-            state = self.online_penalty.state_dict()
-        else:
-            self.terms[task] = (fisher, anchors)
-            penalty = self._new_penalty()
-            tasks = [t for t in sorted(self.terms) if t != current_task and t in eligible]
-            for t in tasks:
-                penalty.consolidate(self.terms[t][1], self.terms[t][0])
-            state = penalty.state_dict()
-        fisher_mean = float(np.mean([f.mean().item() for f in computed.values()]))
-        return {"ewc": state, "tasks": tasks, "fisher_task": task, "fisher_mean": fisher_mean}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "terms": {t: ({n: v.cpu() for n, v in f.items()}, {n: v.cpu() for n, v in a.items()})
-                      for t, (f, a) in self.terms.items()},
-            "online_penalty": self.online_penalty.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.terms = {int(t): ({n: v.to(self.device) for n, v in f.items()}, {n: v.to(self.device) for n, v in a.items()})
-                      for t, (f, a) in dict(state["terms"]).items()}
-        self.online_penalty.load_state_dict(state["online_penalty"])
-        self.online_penalty.to(self.device)

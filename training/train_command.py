@@ -6,6 +6,7 @@ Examples:
   python run.py train --config configs/paper.yaml --set agent.ewc_lambda=100 --logdir runs
   python run.py train --config configs/paper.yaml --address auto      # join a running Ray cluster
   python run.py train --resume runs/paper                              # continue after a crash or a kill
+  python run.py train --config configs/paper.yaml --check              # memory and time it needs, then exit
 
 Writes to LOGDIR/<run_name>/: config.yaml (resolved), metrics.jsonl, eval.jsonl, TensorBoard
 event files (tensorboard --logdir LOGDIR), checkpoints/ and summary.json, and at the end the
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 from common.errors import UsageError
+from training.cluster import init_ray
 from training.config import load_config
 
 
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after-s", type=float, default=None, metavar="SECONDS",
                         help="stop cleanly (checkpoint and summary written) after this much wall time")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, measure the replay memory, update and env-step times on this "
+                             "machine and estimate the schedule's wall time; then exit without starting Ray")
 
 
 def new_run_dir(logdir: Path, name: str) -> Path:
@@ -55,61 +59,9 @@ def resolve_logdir(logdir: str) -> Path:
     return path
 
 
-def init_ray(address: str | None) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray starts workers at nice 15, so on a shared machine other jobs take the learner's core (the run's
-    # bottleneck); normal priority for the workers of a local instance (a cluster's nodes set their own).
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not (address or os.environ.get("RAY_ADDRESS")):  # neither given nor set for us (as in a Ray job)
-        ray.init(include_dashboard=False, logging_level="warning")
-        return
-    # Ray's core logs every refused retry to stderr for its whole connection timeout; keep them, and
-    # show them only if the connection succeeds (a refusal is then said in our one line).
-    with tempfile.TemporaryFile() as held, os.fdopen(os.dup(2), "wb") as real_stderr:
-        os.dup2(held.fileno(), 2)
-        try:
-            ray.init(address=address, logging_level="warning")
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            target = address or os.environ.get("RAY_ADDRESS")
-            raise UsageError(f"cannot join the Ray cluster at {target!r}: {cluster_error(err, target)}") from None
-        else:
-            held.seek(0)
-            real_stderr.write(held.read())
-        finally:
-            real_stderr.flush()
-            os.dup2(real_stderr.fileno(), 2)
-
-
-def cluster_error(err: Exception, address: str | None) -> str:
-    """Why joining a cluster failed, in one line: refused (token authentication) or nothing there."""
-    text = " ".join(str(err).split())[:300]
-    host, _, port = (address or "").replace("ray://", "").rpartition(":")
-    if port.isdigit() and reachable(host, int(port)):
-        return (f"{text} -- the head answers but refused this process: the cluster runs with token authentication "
-                "(Ray's default) and this process's token is missing or wrong; set RAY_AUTH_MODE=token and "
-                "RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token) to the head's token")
-    return f"{text} -- is the head running (ray start --head) and the address right?"
-
-
-def reachable(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host or "127.0.0.1", port), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
 def main(args: argparse.Namespace) -> int:
-    import ray
-
     from training import checkpoint, records
     from training.config import apply_overrides, config_from_dict
-    from training.hooks import StopOnSignal, TimeLimit
-    from training.loop import Trainer
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
         raise UsageError("--stop-after-s must be positive")
@@ -126,7 +78,19 @@ def main(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         run_dir = new_run_dir(resolve_logdir(args.logdir), config.run_name)
+    if args.check:
+        from training.check import check_run
+
+        args.report = False  # nothing ran: nothing to report
+        check_run(config)
+        return 0
     args.run_dir = run_dir  # for whoever runs a command after this one (run.py: the report)
+
+    import ray  # only now: --check starts nothing and imports no Ray
+
+    from training.hooks import StopOnSignal, TimeLimit
+    from training.loop import Trainer
+
     init_ray(args.address)
     try:
         signals = StopOnSignal()

@@ -35,7 +35,7 @@ from typing import Any
 from common.errors import UsageError
 from common.results import write_json_atomic
 from reporting.seeds import mean_and_error
-from training.config import apply_overrides, config_from_dict, load_yaml, parse_override
+from training.config import apply_overrides, config_from_dict, learner_device, load_yaml, parse_override
 
 SPEC_FILE = "sweep_spec.json"  # what the sweep was started with: --resume reads it back
 TRIALS_DIR = "trials"
@@ -131,8 +131,6 @@ def run_trial(space: dict[str, Any]) -> None:
 def trial_bundles(config, cluster_has_gpu: bool) -> list[dict[str, float]]:
     """The placement group of one trial: its driver, its learner (with the GPU its device setting will take
     on this cluster), its env actors."""
-    from training.loop import learner_device
-
     actors = config.actors
     learner = {"CPU": actors.learner_cpus}
     if learner_device(config.device, cluster_has_gpu) == "cuda":
@@ -219,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from training.train_command import init_ray
+    from training.cluster import init_ray
 
     say = (lambda message: None) if args.quiet else (lambda message: print(f"[sweep] {message}", file=sys.stderr, flush=True))
     if (args.config is None) == (args.resume is None):

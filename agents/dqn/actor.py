@@ -33,7 +33,12 @@ class CollectResult:
 
 
 class EnvRunner:
-    """Runs `num_envs` environments of the current game; acts epsilon-greedily with its network."""
+    """Runs `num_envs` environments of the current game; acts epsilon-greedily with its network.
+
+    `net`: act with this network itself instead of a copy of its own that `set_weights` fills
+    (in a single process, the learner's online network: every update shows in the next action
+    without copying weights).
+    """
 
     def __init__(
         self,
@@ -44,16 +49,21 @@ class EnvRunner:
         *,
         seed: int = 0,
         device: str = "cpu",
+        net: QNetwork | None = None,
     ):
         self.actor_id = actor_id
         self.num_envs = num_envs
         self.settings = settings
-        self.device = torch.device(device)
-        self.net = QNetwork(network).to(self.device).eval()
+        if net is None:
+            self.device = torch.device(device)
+            self.net = QNetwork(network).to(self.device).eval()
+        else:
+            self.device = next(net.parameters()).device
+            self.net = net
         self.rng = np.random.default_rng([seed, actor_id])
         self.game: str | None = None
         self.task = 0
-        self.has_weights = False
+        self.has_weights = net is not None
         self._visit = 0  # bumps at each game change: a new replay source, so no episode spans two visits
         self._envs: list = []
         self._stacks: list[FrameStack] = []
@@ -76,8 +86,7 @@ class EnvRunner:
         self.net.set_task(task)
         if game == self.game:
             return
-        for env in self._envs:
-            env.close()
+        self.close()
         self.game = game
         self._visit += 1
         seeds = self.rng.integers(0, 2**31 - 1, size=self.num_envs)
@@ -92,6 +101,13 @@ class EnvRunner:
         self._states = np.stack(states)
         self._returns[:] = 0
         self._frames[:] = 0
+
+    def close(self) -> None:
+        """Close the environments (the next `set_game` opens new ones)."""
+        for env in self._envs:
+            env.close()
+        self._envs = []
+        self.game = None
 
     def _new_stack(self) -> FrameStack:
         return FrameStack(self.net.config.frame_stack, self.net.config.frame_shape)

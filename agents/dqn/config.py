@@ -9,6 +9,9 @@ from common.errors import UsageError
 
 FisherKind = Literal["softmax_exact", "softmax_sample", "td_empirical"]
 FISHER_KINDS: tuple[str, ...] = ("softmax_exact", "softmax_sample", "td_empirical")
+# Longest n-step return: a sanity bound. Longer returns are nearly Monte-Carlo (their variance, and their
+# bias off-policy, grow with n), and sampling walks each episode forward one step at a time.
+MAX_N_STEP = 20
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class DQNConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     batch_size: int = 32
     gamma: float = 0.99
+    n_step: int = 1  # rewards summed per target (n-step returns, agents/replay.py); 1: one-step Double DQN
     learning_rate: float = 2.5e-4
     rmsprop_alpha: float = 0.95  # decay of the squared-gradient average
     rmsprop_eps: float = 1e-5  # inside the square root, as Dopamine's DQN (agents/optimizer.py)
@@ -53,3 +57,5 @@ class DQNConfig:
         for name in counts:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.n_step <= MAX_N_STEP:
+            raise UsageError(f"n_step must lie in [1, {MAX_N_STEP}], got {self.n_step}")

@@ -22,7 +22,6 @@ def q_network_fisher(
     task: int,
     *,
     kind: FisherKind = "softmax_exact",
-    gamma: float = 0.99,
     chunk_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
@@ -34,7 +33,8 @@ def q_network_fisher(
     - "softmax_sample": the same with one action sampled per state (cheaper, unbiased);
     - "td_empirical": empirical Fisher of a unit-variance Gaussian likelihood of the
       Double-DQN target y around Q(s, a): per-sample gradient (y - Q(s, a)) dQ(s, a)/dtheta,
-      squared. Needs `target_net`. It vanishes where the TD error does, so it is much
+      squared, with the batch's own returns and discounts (`agents.replay`). Needs
+      `target_net`. It vanishes where the TD error does, so it is much
       smaller than the softmax Fisher and lambda does not carry over between kinds.
     Pass `Batch.concatenate(...)` of the paper's 100 minibatches; it is processed in chunks.
     """
@@ -53,8 +53,8 @@ def q_network_fisher(
     if target_net is None:
         raise UsageError("the td_empirical Fisher needs the target network for its Double-DQN targets")
     targets = torch.cat([
-        double_dqn_targets(net, target_net, tensors.rewards[rows], tensors.terminals[rows], tensors.next_states[rows],
-                           task, gamma)
+        double_dqn_targets(net, target_net, tensors.rewards[rows], tensors.terminals[rows], tensors.discounts[rows],
+                           tensors.next_states[rows], task)
         for rows in (slice(start, start + chunk_size) for start in range(0, len(tensors.actions), chunk_size))
     ])
 

@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from agents.dqn.config import DQNConfig
-from agents.dqn.losses import TensorBatch, q_taken_and_targets, to_tensors
+from agents.dqn.losses import TDLoss, TensorBatch, double_dqn_loss, to_tensors
 from agents.dqn.networks import QNetwork, layer_of, shared_parameter_names
 from agents.optimizer import (
     Pull,
@@ -88,11 +87,7 @@ class Learner:
     def update(self, batch: Batch | TensorBatch, task: int, *, report_penalty: bool = True) -> dict[str, float]:
         """One RMSProp step on the TD loss (+ EWC penalty when active). Returns metrics."""
         tensors = to_tensors(batch, self.device, self.config.network.num_actions)
-        cfg = self.config
-        q_taken, targets = q_taken_and_targets(self.online, self.target, tensors, task, cfg.gamma)
-        td_loss = F.huber_loss(q_taken, targets, delta=cfg.huber_delta)
-        self.optimizer.zero_grad(set_to_none=True)
-        td_loss.backward()
+        td, grads, grad_norm = self.td_gradient(tensors, task)
         # The penalty's gradient in closed form (no autograd graph over 6.5M weights), added inside the
         # optimizer step (`_ewc_pull`). Its value is only for logging and costs two more passes over the
         # weights: callers that log once per many updates ask for it once (`report_penalty`); otherwise
@@ -105,14 +100,11 @@ class Learner:
             pull = self._ewc_pull()
             penalty = self.last_penalty
         else:
-            penalty = td_loss.new_zeros(())
-        grads = [p.grad for p in self.online.parameters() if p.grad is not None]
-        grad_norm = global_norm(grads)  # the TD gradient's; clipped below, once known: most updates need no scaling pass
+            penalty = td.loss.new_zeros(())
 
-        td_errors = (targets - q_taken).detach()
         # One device sync for all metrics (and for the finiteness check).
         loss_value, td_abs, penalty_value, q_mean, norm_value = torch.stack(
-            [td_loss.detach(), td_errors.abs().mean(), penalty.detach(), q_taken.detach().mean(), grad_norm]
+            [td.loss.detach(), td.td_errors.abs().mean(), penalty.detach(), td.q_taken.detach().mean(), grad_norm]
         ).tolist()
         skipped = not all(np.isfinite([loss_value, penalty_value, norm_value]))
         weights_nonfinite = False
@@ -124,10 +116,9 @@ class Learner:
             weights_nonfinite = not all(torch.isfinite(p).all() for p in self.online.parameters())
         else:
             self.nonfinite_in_a_row = 0
-            scale_to_max_norm_(grads, norm_value, cfg.max_grad_norm)
-            self._optimizer_step(pull)
+            self.clipped_step(grads, norm_value, pull)
             self.num_updates += 1
-            if self.num_updates % cfg.target_update_period == 0:
+            if self.num_updates % self.config.target_update_period == 0:
                 self.sync_target()
         return {
             "loss": loss_value,
@@ -139,6 +130,25 @@ class Learner:
             "weights_nonfinite": int(weights_nonfinite),
             "updates": self.num_updates,
         }
+
+    def td_gradient(self, tensors: TensorBatch, task: int) -> tuple[TDLoss, list[Tensor], Tensor]:
+        """The Double-DQN loss on `tensors` and its gradient, left in the online weights' `.grad`.
+
+        Returns the loss terms, the gradients and their global norm (a device tensor: reading it
+        syncs, which `update` does once for all its metrics).
+        """
+        cfg = self.config
+        td = double_dqn_loss(self.online, self.target, tensors, task, cfg.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        td.loss.backward()
+        grads = [p.grad for p in self.online.parameters() if p.grad is not None]
+        return td, grads, global_norm(grads)  # scaled once its value is read: most updates need no scaling pass
+
+    def clipped_step(self, grads: list[Tensor], grad_norm: float, pull: Pull | None = None) -> None:
+        """Scale the TD gradient to `max_grad_norm` if `grad_norm` (its global norm) is above it, then
+        take RMSProp's step with the EWC penalty's gradient `pull` added unclipped."""
+        scale_to_max_norm_(grads, grad_norm, self.config.max_grad_norm)
+        self._optimizer_step(pull)
 
     def _ewc_grad_ratios(self) -> dict[str, float]:
         """Per layer: ||lambda F (theta - theta*)|| / ||gradient of the TD loss||, before they are added.

@@ -2,9 +2,12 @@
 
 Double DQN (van Hasselt et al. 2016): the online network picks the next action, the
 target network values it,
-    y = r + gamma * (1 - terminal) * Q_target(s', argmax_a Q_online(s', a)),
+    y = r + discount * (1 - terminal) * Q_target(s', argmax_a Q_online(s', a)),
 and the loss is the Huber loss of y - Q_online(s, a) (the DQN papers' "error clipping").
-Batches arrive as numpy uint8 (`agents.replay.Batch`) and are moved to the learner's device.
+Each sample brings its own r, discount and s' (`agents.replay`): one step, r = r_t and
+discount = gamma; n-step returns, r = sum_{k<n'} gamma^k r_{t+k}, discount = gamma^n' and s'
+the state n' steps later. Batches arrive as numpy uint8 (`agents.replay.Batch`) and are moved
+to the learner's device.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class TensorBatch(NamedTuple):
     actions: Tensor  # (B,) int64
     rewards: Tensor  # (B,) float32
     terminals: Tensor  # (B,) float32
+    discounts: Tensor  # (B,) float32
     next_states: Tensor  # (B, stack, H, W) uint8
 
 
@@ -45,7 +49,7 @@ def to_tensors(batch: Batch | TensorBatch, device: torch.device | str, num_actio
             f"batch actions must be a 1-D array of ints in [0, {num_actions}), got shape {batch.actions.shape} "
             f"values {batch.actions.min(initial=0)}..{batch.actions.max(initial=0)}"
         )
-    for name in ("rewards", "terminals"):
+    for name in ("rewards", "terminals", "discounts"):
         if getattr(batch, name).shape != (size,):
             raise UsageError(f"batch.{name} must have shape ({size},), got {getattr(batch, name).shape}")
     if batch.states.shape != batch.next_states.shape or len(batch.states) != size:
@@ -63,6 +67,7 @@ def to_tensors(batch: Batch | TensorBatch, device: torch.device | str, num_actio
         actions=move(batch.actions, np.int64),
         rewards=move(batch.rewards, np.float32),
         terminals=move(batch.terminals, np.float32),
+        discounts=move(batch.discounts, np.float32),
         next_states=move(batch.next_states, np.uint8),
     )
 
@@ -73,28 +78,41 @@ def double_dqn_targets(
     target: nn.Module,
     rewards: Tensor,
     terminals: Tensor,
+    discounts: Tensor,
     next_states: Tensor,
     task: int,
-    gamma: float,
 ) -> Tensor:
-    """y = r + gamma (1 - terminal) Q_target(s', argmax_a Q_online(s', a))."""
+    """y = r + discount (1 - terminal) Q_target(s', argmax_a Q_online(s', a))."""
     next_actions = online(next_states, task).argmax(dim=1, keepdim=True)
     next_values = target(next_states, task).gather(1, next_actions).squeeze(1)
-    return rewards + gamma * (1.0 - terminals) * next_values
+    return rewards + discounts * (1.0 - terminals) * next_values
 
 
-def q_taken_and_targets(
-    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, gamma: float
-) -> tuple[Tensor, Tensor]:
+def q_taken_and_targets(online: nn.Module, target: nn.Module, batch: TensorBatch, task: int) -> tuple[Tensor, Tensor]:
+    """Q_online(s, a) and the Double-DQN targets y: the update's forward passes."""
     q_taken = online(batch.states, task).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    targets = double_dqn_targets(online, target, batch.rewards, batch.terminals, batch.next_states, task, gamma)
+    targets = double_dqn_targets(
+        online, target, batch.rewards, batch.terminals, batch.discounts, batch.next_states, task
+    )
     return q_taken, targets
 
 
+class TDLoss(NamedTuple):
+    """The Double-DQN loss of a batch and the terms it was computed from."""
+
+    loss: Tensor  # mean Huber loss of y - Q(s, a)
+    q_taken: Tensor  # (B,) Q_online(s, a), in the autograd graph
+    targets: Tensor  # (B,) y, no gradient
+
+    @property
+    def td_errors(self) -> Tensor:
+        """(B,) y - Q(s, a), detached: computed only by a caller that asks for it."""
+        return (self.targets - self.q_taken).detach()
+
+
 def double_dqn_loss(
-    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, gamma: float, huber_delta: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """(mean Huber loss, detached TD errors y - Q(s, a)) for a batch on `task`."""
-    q_taken, targets = q_taken_and_targets(online, target, batch, task, gamma)
-    loss = F.huber_loss(q_taken, targets, delta=huber_delta)
-    return loss, (targets - q_taken).detach()
+    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, huber_delta: float = 1.0
+) -> TDLoss:
+    """The mean Huber loss of a batch on `task`, with Q(s, a) and y (what the learner's metrics read)."""
+    q_taken, targets = q_taken_and_targets(online, target, batch, task)
+    return TDLoss(F.huber_loss(q_taken, targets, delta=huber_delta), q_taken, targets)

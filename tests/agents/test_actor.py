@@ -48,6 +48,17 @@ def test_greedy_actions_follow_the_network(config):
     assert not (runner.act(states, epsilon=0.0) == 7).all()
 
 
+def test_a_runner_given_a_network_acts_with_that_network_itself(config):
+    from agents.dqn.networks import QNetwork
+
+    net = QNetwork(config.agent.network)
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=0, net=net)
+    assert runner.net is net and runner.has_weights  # nothing to wait for: a learner updates it in place
+    with torch.no_grad():
+        net.out_task.bias[0, 3] = 100.0
+    assert (runner.act(np.zeros((2, 4, 84, 84), dtype=np.uint8), epsilon=0.0) == 3).all()
+
+
 @pytest.mark.parametrize("terminal_on_life_loss", [True, False])
 def test_a_lost_life_is_a_training_terminal_only_when_configured(config, terminal_on_life_loss):
     settings = dataclasses.replace(config.env, terminal_on_life_loss=terminal_on_life_loss)

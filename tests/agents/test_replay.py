@@ -318,3 +318,145 @@ def test_a_buffer_whose_capacity_equals_learning_starts_becomes_ready_when_full(
     assert largest < learning_starts  # what stopped the paper configs from ever learning
     assert ready_at is not None and ready_at <= capacity + 200  # ready as soon as every slot was written
     assert not TaskReplay(10, max_tasks=2).ready(1, 0, 1)  # a task with no buffer is never ready
+
+
+# ---- n-step returns -------------------------------------------------------------------------
+
+
+GAMMA = 0.5  # exact in binary: hand-computed returns compare exactly
+
+# Three episodes as (rewards, terminals, episode_ends) per transition, written by two actors:
+# 0 loses a life at t=2 (terminal, the game goes on) and ends with game over at t=6;
+# 1 is cut by a time limit after t=2 (an end without a terminal); 2 is still being played.
+NSTEP_EPISODES = [
+    ([1, 0, 1, -1, 0, 1, 1], [0, 0, 1, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1]),
+    ([1, 1, 1], [0, 0, 0], [0, 0, 1]),
+    ([1, 0], [0, 0], [0, 0]),
+]
+# n_step 3, gamma 1/2: (episode, t) -> (return, discount, terminal, frame index of next_state), by hand.
+THREE_STEP_TARGETS = {
+    (0, 0): (1 + 0 / 2 + 1 / 4, 1 / 8, 1.0, 3),  # the lost life at t=2 ends the return: no bootstrap
+    (0, 1): (0 + 1 / 2, 1 / 4, 1.0, 3),
+    (0, 2): (1, 1 / 2, 1.0, 3),
+    (0, 3): (-1 + 0 / 2 + 1 / 4, 1 / 8, 0.0, 6),  # three full steps, then bootstrap from frame 6
+    (0, 4): (0 + 1 / 2 + 1 / 4, 1 / 8, 1.0, 7),  # game over inside the n steps
+    (0, 5): (1 + 1 / 2, 1 / 4, 1.0, 7),
+    (0, 6): (1, 1 / 2, 1.0, 7),
+    (1, 0): (1 + 1 / 2 + 1 / 4, 1 / 8, 0.0, 3),
+    (1, 1): (1 + 1 / 2, 1 / 4, 0.0, 3),  # cut by the time limit: truncated to n' = 2, still bootstrapped
+    (1, 2): (1, 1 / 2, 0.0, 3),
+    (2, 0): (1 + 0 / 2, 1 / 4, 0.0, 2),  # the newest data: truncated to what is stored
+    (2, 1): (0, 1 / 2, 0.0, 2),
+}
+
+
+def write_nstep_episodes(buffer: FrameReplay, slots_per_chunk: int = 3) -> None:
+    """Episodes 0 and 2 from actor "a", 1 from actor "b", in small interleaved chunks (links cross chunks)."""
+    streams = {}
+    for source, episode_ids in (("a", [0, 2]), ("b", [1])):
+        builder, chunks = ChunkBuilder(FRAME), []
+        for e in episode_ids:
+            builder.start_episode(tagged(e, 0))
+            for t, (reward, terminal, end) in enumerate(zip(*NSTEP_EPISODES[e])):
+                builder.add(t % 3, float(reward), bool(terminal), tagged(e, t + 1), episode_end=bool(end))
+                if len(builder) == slots_per_chunk:
+                    chunks.append(builder.take())
+        if len(builder):
+            chunks.append(builder.take())
+        streams[source] = chunks
+    while any(streams.values()):
+        for source, chunks in streams.items():
+            if chunks:
+                buffer.add_chunk(chunks.pop(0), source=source)
+
+
+def tag_of(frame: np.ndarray) -> tuple[int, int]:
+    """(episode, frame index) of a `tagged` frame."""
+    return int(frame[0, 0]) - 1, int(frame[0, 1]) - 1
+
+
+def sampled_targets(buffer: FrameReplay, draws: int = 600) -> dict[tuple[int, int], tuple[float, float, float, int]]:
+    """(episode, t) -> (return, discount, terminal, next frame index) of every transition drawn, checking
+    that each draw's stacks are the episode's own frames."""
+    batch = draw(buffer, draws)
+    found = {}
+    for i in range(len(batch)):
+        episode, t = tag_of(batch.states[i, -1])
+        next_episode, next_index = tag_of(batch.next_states[i, -1])
+        assert next_episode == episode
+        for stack, last in ((batch.states[i], t), (batch.next_states[i], next_index)):
+            expected = [tagged(episode, j) if j >= 0 else np.zeros(FRAME, np.uint8) for j in range(last - 3, last + 1)]
+            assert np.array_equal(stack, np.stack(expected))
+        value = (float(batch.rewards[i]), float(batch.discounts[i]), float(batch.terminals[i]), next_index)
+        assert found.setdefault((episode, t), value) == value, "a transition's target is the same at every draw"
+    return found
+
+
+def test_n_step_returns_discounts_and_terminals_match_hand_computed_targets():
+    buffer = FrameReplay(capacity=100, seed=0, n_step=3, gamma=GAMMA)
+    write_nstep_episodes(buffer)
+    assert sampled_targets(buffer) == THREE_STEP_TARGETS
+
+
+def test_one_step_samples_are_the_one_step_transitions():
+    buffer = FrameReplay(capacity=100, seed=0, gamma=GAMMA)
+    assert buffer.n_step == 1
+    write_nstep_episodes(buffer)
+    expected = {
+        (e, t): (float(reward), GAMMA, float(terminal), t + 1)
+        for e, (rewards, terminals, _) in enumerate(NSTEP_EPISODES)
+        for t, (reward, terminal) in enumerate(zip(rewards, terminals))
+    }
+    assert sampled_targets(buffer) == expected
+    assert buffer.bytes_per_transition == 84 * 84 + 8 + 1 + 4 + 1  # no forward links kept for one step
+
+
+def test_the_newest_transitions_return_grows_as_their_episode_goes_on():
+    buffer = FrameReplay(capacity=100, seed=0, n_step=3, gamma=GAMMA)
+    write_nstep_episodes(buffer)
+    buffer.add(0, 1.0, False, tagged(2, 3), episode_end=False, source="a")  # actor "a" plays on in episode 2
+    targets = sampled_targets(buffer)
+    assert targets[(2, 0)] == (1 + 0 / 2 + 1 / 4, 1 / 8, 0.0, 3)
+    assert targets[(2, 1)] == (0 + 1 / 2, 1 / 4, 0.0, 3)
+    assert targets[(2, 2)] == (1, 1 / 2, 0.0, 3)
+
+
+def n_step_reference(rewards: list[float], terminals: list[bool], t: int, stored: int, n: int, gamma: float):
+    """(return, discount, terminal, next frame index) of transition t when transitions < `stored` are held."""
+    total, k = 0.0, 0
+    while k < n and t + k < stored:
+        total += gamma**k * rewards[t + k]
+        k += 1
+        if terminals[t + k - 1]:
+            return total, gamma**k, 1.0, t + k
+    return total, gamma**k, 0.0, t + k
+
+
+def test_n_step_walks_survive_the_overwrite_point_and_a_checkpoint():
+    capacity, length, n = 12, 30, 4
+    rewards = [float(t % 5) - 2 for t in range(length)]
+    terminals = [t % 7 == 6 for t in range(length)]  # lives lost now and then; the game is still on
+    buffer = FrameReplay(capacity=capacity, seed=0, n_step=n, gamma=GAMMA)
+    buffer.start_episode(tagged(0, 0))
+    for t in range(length):
+        # the newest frames took the slots of frames whose successors are still held: no link may survive that
+        buffer.add(0, rewards[t], terminals[t], tagged(0, t + 1), episode_end=False)
+    targets = sampled_targets(buffer, 500)
+    # Writes 19..30 are held: transitions whose four stacked frames are all held start at t = 22.
+    assert {t for _, t in targets} == set(range(22, length))
+    for (_, t), value in targets.items():
+        assert value == pytest.approx(n_step_reference(rewards, terminals, t, length, n, GAMMA))
+
+    restored = FrameReplay(capacity=capacity, seed=0, n_step=n, gamma=GAMMA)  # its forward links are rebuilt
+    restored.load_state_dict(buffer.state_dict())
+    assert sampled_targets(restored, 500) == targets
+    assert restored.bytes_per_transition == 84 * 84 + 8 + 1 + 4 + 1 + 8  # and one forward link per slot
+
+
+def test_task_replay_samples_n_step_returns_and_bad_n_step_is_refused():
+    replay = TaskReplay(capacity_per_task=100, max_tasks=2, seed=0, n_step=3, gamma=GAMMA)
+    write_nstep_episodes(replay.buffer(1))
+    assert sampled_targets(replay.buffer(1)) == THREE_STEP_TARGETS
+    for bad in (0, 2.5, True):
+        with pytest.raises(UsageError, match="n_step must be a positive integer"):
+            FrameReplay(capacity=20, n_step=bad)

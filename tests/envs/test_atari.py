@@ -76,3 +76,20 @@ def test_random_policy_frames_are_preprocessed_frames():
     frames = random_policy_frames("Pong", 20, seed=1)
     assert frames.shape == (20, *FRAME_SHAPE) and frames.dtype == np.uint8
     assert frames.std() > 0
+
+
+def test_frames_come_out_at_the_configured_screen_size():
+    settings = EnvSettings(noop_max=0, screen_size=64)
+    ours = make_atari_env("Pong", seed=5, settings=settings)
+    reference = reference_env("Pong", seed=5)
+    frame, _ = ours.reset(seed=5)
+    assert frame.shape == (64, 64) and frame.dtype == np.uint8
+    for action in np.random.default_rng(1).integers(0, 18, size=20):
+        screens = []
+        for _ in range(settings.frame_skip):
+            reference.step(int(action))
+            screens.append(reference.unwrapped.ale.getScreenGrayscale())
+        frame, *_ = ours.step(int(action))
+        expected = cv2.resize(np.maximum(screens[-1], screens[-2]), (64, 64), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(frame, expected)  # the same preprocessing, at the configured size
+    assert random_policy_frames("Pong", 3, settings=settings).shape == (3, 64, 64)

@@ -207,6 +207,10 @@ def test_report_on_the_tiny_run(tiny_run, tmp_path, capsys):
     visit_end = {r["visit_index"]: r for r in records if r["kind"] == "visit_end"}
     matrix = summary["matrix"]
     assert matrix["games"] == ["Pong", "Breakout"] and matrix["source"] == "visit_end"
+    # each visit really ended at its visit_end round, and the next began there
+    played = [(v["played_start_frame"], v["played_end_frame"]) for v in summary["visits"]]
+    ends = [visit_end[i]["frames"] for i in range(4)]
+    assert played == list(zip([0, *ends[:-1]], ends))
     assert matrix["score"] == [[visit_end[i]["games"][g]["score"] for g in matrix["games"]] for i in range(4)]
     assert matrix["normalized"] == [[visit_end[i]["games"][g]["normalized"] for g in matrix["games"]]
                                           for i in range(4)]

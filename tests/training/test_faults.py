@@ -5,25 +5,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_train
 
 FAST = [
     "schedule.frames_per_visit=3000", "agent.learning_starts=200", "agent.replay_capacity=3000",
     "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.at_visit_end=false", "logging.log_every_s=1",
     "actors.chunk_steps=50",
 ]
-
-
-def start_train(logdir: Path, overrides: list[str]) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(ROOT / "configs" / "smoke.yaml"),
-            "--logdir", str(logdir)]
-    for override in overrides:
-        args += ["--set", override]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -40,8 +30,8 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_killed_env_actor_is_restarted_and_the_run_goes_on(tmp_path):
-    proc = start_train(tmp_path, ["run_name=kill_actor", *FAST])
+def test_killed_env_actor_is_restarted_and_the_run_goes_on(train, tmp_path):
+    proc = train(tmp_path, ["run_name=kill_actor", *FAST], wait=False)
     run_dir = tmp_path / "kill_actor"
     try:
         wait_for(lambda: (run_dir / "actors.json").exists(), 120, proc)
@@ -64,9 +54,9 @@ def test_killed_env_actor_is_restarted_and_the_run_goes_on(tmp_path):
     assert steps[0] >= 0.3 * steps[1] and steps[0] > 600
 
 
-def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
-    proc = start_train(tmp_path, ["run_name=resume", *FAST, "schedule.frames_per_visit=4000",
-                                  "logging.checkpoint_every_s=2"])
+def test_killed_driver_resumes_from_its_checkpoint(train, ray_command, tmp_path):
+    proc = train(tmp_path, ["run_name=resume", *FAST, "schedule.frames_per_visit=4000",
+                            "logging.checkpoint_every_s=2"], wait=False)
     run_dir = tmp_path / "resume"
     checkpoints = run_dir / "checkpoints"
     try:
@@ -81,8 +71,7 @@ def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
     _, state = checkpoint.load_latest(checkpoints)
     saved = state["counters"]
     before = metrics(run_dir)
-    resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir)],
-                             capture_output=True, text=True, timeout=400, cwd=ROOT)
+    resumed = ray_command("train", "--resume", str(run_dir), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {saved['frames']:,} frames" in resumed.stderr
     assert "refilling them" in resumed.stderr  # replay was not saved: it says so
@@ -95,17 +84,17 @@ def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
     assert final["counters"]["visit_index"] == 3 and final["epsilon"]["steps"][0] >= state["epsilon"]["steps"][0]
 
 
-def test_diverging_loss_stops_the_run_with_a_clear_message(tmp_path):
+def test_diverging_loss_stops_the_run_with_a_clear_message(train, tmp_path):
     # a learning rate this large blows the weights up at the first update: every later loss is NaN/inf
-    proc = run_train(tmp_path, ["run_name=nan", *FAST, "agent.learning_rate=1e30", "agent.max_nonfinite_in_a_row=20"])
+    proc = train(tmp_path, ["run_name=nan", *FAST, "agent.learning_rate=1e30", "agent.max_nonfinite_in_a_row=20"])
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "updates in a row had a NaN/inf loss or gradient" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "python run.py train --resume" in proc.stderr or "no checkpoint was written yet" in proc.stderr
 
 
-def test_killed_learner_stops_the_run_with_a_message_not_a_hang(tmp_path):
-    proc = start_train(tmp_path, ["run_name=kill_learner", *FAST, "schedule.frames_per_visit=40000"])
+def test_killed_learner_stops_the_run_with_a_message_not_a_hang(train, tmp_path):
+    proc = train(tmp_path, ["run_name=kill_learner", *FAST, "schedule.frames_per_visit=40000"], wait=False)
     run_dir = tmp_path / "kill_learner"
     try:
         wait_for(lambda: (run_dir / "actors.json").exists(), 120, proc)
@@ -119,12 +108,11 @@ def test_killed_learner_stops_the_run_with_a_message_not_a_hang(tmp_path):
     assert "last good checkpoint" in stderr or "no checkpoint was written yet" in stderr
 
 
-def test_resume_with_an_incompatible_network_is_refused(tiny_run, tmp_path):
+def test_resume_with_an_incompatible_network_is_refused(tiny_run, ray_command, tmp_path):
     import shutil
 
     run_dir = tmp_path / "copy"
     shutil.copytree(tiny_run, run_dir)
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir),
-                           "--set", "agent.network.hidden=64"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = ray_command("train", "--resume", str(run_dir), "--set", "agent.network.hidden=64", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "not a compatible Learner state" in proc.stderr and "Traceback" not in proc.stderr

@@ -59,11 +59,8 @@ def test_eval_and_perturb_play_its_checkpoint(minatar_run, tmp_path):
     assert json.loads(perturbed.read_text())["game"] == "MinAtar/SpaceInvaders"
 
 
-def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(QUICK), "--logdir", str(tmp_path)]
-    for override in ["run_name=stop", *SMALL, "schedule.frames_per_visit=100000"]:
-        args += ["--set", override]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def test_ctrl_c_stops_cleanly_and_resume_continues(train, ray_command, tmp_path):
+    proc = train(tmp_path, ["run_name=stop", *SMALL, "schedule.frames_per_visit=100000"], config=QUICK, wait=False)
     run_dir = tmp_path / "stop"
     try:
         deadline = time.monotonic() + 240
@@ -79,7 +76,6 @@ def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
     assert "SIGINT received: stopping" in stderr and f"--resume {run_dir}" in stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert not summary["completed"] and summary["updates"] > 0
-    resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), "train", "--resume", str(run_dir),
-                              "--stop-after-s", "10", "--no-report"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    resumed = ray_command("train", "--resume", str(run_dir), "--stop-after-s", "10", "--no-report", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {summary['frames']:,} frames" in resumed.stderr

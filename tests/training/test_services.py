@@ -11,7 +11,8 @@ from agents.dqn.networks import shared_parameter_names
 from common.errors import UsageError
 from tests.conftest import ROOT
 from training.config import load_config
-from training.services import ConsolidationService, LearnerService
+from agents.dqn.consolidation import Consolidation
+from training.services import AddResult, LearnerService
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +26,22 @@ def config():
 
 def test_task_switch_fisher_anchors_reach_the_learner(config):
     learner = LearnerService(config)
-    consolidation = ConsolidationService(config)
+    consolidation = Consolidation(config.agent, seed=config.seed)
     runner = EnvRunner(0, 1, config.agent.network, config.env, seed=1)
     runner.set_game("Pong", 0)
     for _ in range(2):
         added = learner.add(0, runner.collect(60, epsilon=1.0).chunks)
-    assert added == {"task": 0, "replay_size": 120, "transitions": 60, "ready": True}
+    assert added == AddResult(task=0, replay_size=120, transitions=60, ready=True)
     metrics = learner.train(0, 3)
-    assert metrics["updates"] == 3 and metrics["ewc_penalty"] == 0.0
+    assert metrics.updates == 3 and metrics.ewc_penalty == 0.0
 
     # switch Pong -> Breakout: the finished task's Fisher, anchored at the learner's weights
     played = {0: 480}
     anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task=played)
-    assert anchors["tasks"] == [0] and anchors["fisher_task"] == 0 and anchors["fisher_mean"] > 0
-    assert set(anchors["ewc"]["precision"]) == set(shared_parameter_names(learner.learner.online))
+    assert anchors.tasks == [0] and anchors.fisher_task == 0 and anchors.fisher_mean > 0
+    assert set(anchors.penalty["precision"]) == set(shared_parameter_names(learner.learner.online))
     weights = learner.weights()
-    for name, mean in anchors["ewc"]["mean"].items():
+    for name, mean in anchors.penalty["mean"].items():
         torch.testing.assert_close(mean, weights[name])
     learner.set_anchors(anchors)
     assert learner.learner.anchored_tasks == {0} and learner.learner.ewc_active()
@@ -50,30 +51,30 @@ def test_task_switch_fisher_anchors_reach_the_learner(config):
     with torch.no_grad():  # move the shared weights off their anchors: the penalty must now count
         learner.learner.online.fc.weight.add_(0.05)
     metrics = learner.train(1, 2)
-    assert metrics["ewc_penalty"] > 0
+    assert metrics.ewc_penalty > 0
 
     # back to Pong: its own anchor is left out while it trains, Breakout's is in
     played[1] = 320
     anchors = consolidation.consolidate(learner.consolidation_inputs(1), current_task=0, frames_per_task=played)
-    assert anchors["tasks"] == [1]
+    assert anchors.tasks == [1]
     # the end of the schedule (no current task): both
     anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=-1, frames_per_task=played)
-    assert anchors["tasks"] == [0, 1]
+    assert anchors.tasks == [0, 1]
 
 
 def test_penalty_waits_for_the_frames_threshold(config):
     strict = dataclasses.replace(config, agent=dataclasses.replace(config.agent, ewc_min_frames=1000))
-    learner, consolidation = LearnerService(strict), ConsolidationService(strict)
+    learner, consolidation = LearnerService(strict), Consolidation(strict.agent, seed=strict.seed)
     runner = EnvRunner(0, 1, strict.agent.network, strict.env, seed=2)
     runner.set_game("Pong", 0)
     learner.add(0, runner.collect(70, epsilon=1.0).chunks)
     anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 999})
-    assert anchors["tasks"] == []  # played fewer frames than ewc_min_frames
+    assert anchors.tasks == []  # played fewer frames than ewc_min_frames
     learner.set_anchors(anchors)
     assert not learner.learner.ewc_active()
     # The frames the driver counted decide, not the transitions stored (episode starts are not transitions).
     anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 1000})
-    assert anchors["tasks"] == [0]
+    assert anchors.tasks == [0]
     learner.set_anchors(anchors)
     assert learner.learner.ewc_active()
 
@@ -83,13 +84,13 @@ def test_learner_refuses_to_train_a_task_before_its_buffer_is_ready(config):
     runner = EnvRunner(0, 1, config.agent.network, config.env, seed=5)
     runner.set_game("Pong", 0)
     added = learner.add(0, runner.collect(40, epsilon=1.0).chunks)
-    assert added["transitions"] == 40 and not added["ready"]
+    assert added.transitions == 40 and not added.ready
     with pytest.raises(UsageError, match="task 0, whose buffer holds 40 transitions"):
         learner.train(0, 1)
     with pytest.raises(UsageError, match="task 1, whose buffer holds 0"):
         learner.train(1, 1)
-    assert learner.add(0, runner.collect(10, epsilon=1.0).chunks)["ready"]
-    assert learner.train(0, 2)["updates"] == 2 and learner.updates_per_task() == {0: 2}
+    assert learner.add(0, runner.collect(10, epsilon=1.0).chunks).ready
+    assert learner.train(0, 2).updates == 2 and learner.updates_per_task() == {0: 2}
 
 
 def test_learner_state_round_trip_with_replay(config):
@@ -109,13 +110,13 @@ def test_learner_state_round_trip_with_replay(config):
 
 def test_mean_normalised_fishers_protect_every_task_alike(config):
     normalised = dataclasses.replace(config, agent=dataclasses.replace(config.agent, fisher_normalization="mean"))
-    learner, consolidation = LearnerService(normalised), ConsolidationService(normalised)
+    learner, consolidation = LearnerService(normalised), Consolidation(normalised.agent, seed=normalised.seed)
     runner = EnvRunner(0, 1, normalised.agent.network, normalised.env, seed=6)
     runner.set_game("Pong", 0)
     learner.add(0, runner.collect(80, epsilon=1.0).chunks)
     anchors = consolidation.consolidate(learner.consolidation_inputs(0), current_task=1, frames_per_task={0: 10**6})
-    precision = anchors["ewc"]["precision"]
+    precision = anchors.penalty["precision"]
     total = sum(float(p.sum()) for p in precision.values())
     count = sum(p.numel() for p in precision.values())
     assert total / count == pytest.approx(1.0, rel=1e-5)  # the task's Fisher, scaled to mean 1
-    assert anchors["fisher_mean"] != pytest.approx(1.0)  # the log keeps the Fisher's own scale
+    assert anchors.fisher_mean != pytest.approx(1.0)  # the log keeps the Fisher's own scale

@@ -10,6 +10,7 @@ import yaml
 
 from tests.conftest import ROOT
 from training import checkpoint
+from training.config import load_yaml
 
 METRIC_KEYS = {"env_steps", "env_steps_per_s", "updates", "updates_per_s", "task", "game", "loss", "ewc_penalty"}
 TENSORBOARD_TAGS = {
@@ -85,12 +86,38 @@ def test_eval_command_scores_every_game(tiny_run, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # --quiet: no progress
     result = json.loads(out.read_text())
     assert set(result["games"]) == {"Pong", "Breakout"}
     for game in result["games"].values():
         assert len(game["scores"]) == 1 and game["normalized"] is not None
     expected = sum(min(g["normalized"], 1.0) for g in result["games"].values())
     assert result["capped_sum"] == pytest.approx(expected)
+    table = table_rows(proc.stdout)  # the table is printed with --json too
+    for game, entry in result["games"].items():
+        assert table[game] == [f"{entry['score']:.1f}", "1", f"{entry['normalized']:.3f}"]
+    assert f"capped normalised sum: {result['capped_sum']:.3f}" in proc.stdout
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """`run.py eval`'s table: game -> [score (mean), episodes, normalised]."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["game", "score", "(mean)", "episodes", "normalised"], stdout
+    return {line.split()[0]: line.split()[1:] for line in lines[2:] if not line.startswith("capped")}
+
+
+def test_eval_command_without_json_prints_a_table(tiny_run, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "eval", "--checkpoint", str(tiny_run), "--episodes", "2",
+         "--max-episode-frames", "400", "--games", "Breakout"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    assert list(rows) == ["Breakout"] and rows["Breakout"][1] == "2"
+    assert float(rows["Breakout"][0]) >= 0 and float(rows["Breakout"][2]) > -1
+    assert "Breakout: score" in proc.stderr  # progress, unless --quiet
+    assert not any(tmp_path.iterdir())  # nothing written without --json
 
 
 def test_eval_command_rejects_unknown_games_and_bad_checkpoints(tiny_run, tmp_path):
@@ -108,10 +135,8 @@ def test_eval_command_rejects_unknown_games_and_bad_checkpoints(tiny_run, tmp_pa
     assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(tmp_path):
-    from tests.conftest import run_train
-
-    proc = run_train(tmp_path, [
+def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(train, tmp_path):
+    proc = train(tmp_path, [
         "run_name=fmn", "task_inference=fmn", "schedule.frames_per_visit=3000", "agent.learning_starts=200",
         "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.at_visit_end=false", "logging.log_every_s=1",
     ])
@@ -152,13 +177,15 @@ def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(
         assert abs(updates[task] - steps / 4) <= 2
 
 
-SHIPPED_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+# Written out, not globbed: a config added to configs/ must be added here too, or the test below fails.
+SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_no_ewc", "minatar_quick", "no_ewc",
+                   "paper", "paper_fmn", "smoke"]
 
 
 def shipped_config_at_small_sizes(name: str) -> list[str]:
     """--set overrides that keep a shipped config's ratios (learning_starts : replay_capacity,
     ewc_min_frames : frames_per_visit) but make it a short run over two of its games."""
-    data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    data = load_yaml(ROOT / "configs" / f"{name}.yaml")  # with what it extends
     agent, visit = data["agent"], 4000
     overrides = [
         f"run_name={name}", f"games=[{', '.join(data['games'][:2])}]", "schedule.repeats=1", "schedule.order=fixed",
@@ -175,15 +202,16 @@ def shipped_config_at_small_sizes(name: str) -> list[str]:
 
 
 def test_every_shipped_config_is_tested_here():
-    assert {"smoke", "paper", "no_ewc", "paper_fmn", "minatar", "minatar_no_ewc", "minatar_quick"} <= set(SHIPPED_CONFIGS)
+    on_disk = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
+    assert on_disk == set(SHIPPED_CONFIGS), (
+        f"configs/ and SHIPPED_CONFIGS differ: not listed {sorted(on_disk - set(SHIPPED_CONFIGS))}, "
+        f"listed but missing {sorted(set(SHIPPED_CONFIGS) - on_disk)}")
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
-def test_every_shipped_config_starts_learning(name, tmp_path):
-    from tests.conftest import run_train
-
-    proc = run_train(tmp_path, shipped_config_at_small_sizes(name), extra_args=["--no-report"],
-                     config=ROOT / "configs" / f"{name}.yaml")
+def test_every_shipped_config_starts_learning(name, train, tmp_path):
+    proc = train(tmp_path, shipped_config_at_small_sizes(name), extra_args=["--no-report"],
+                 config=ROOT / "configs" / f"{name}.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary["updates"] > 0 and summary["completed"]

@@ -26,11 +26,6 @@ TINY = ["schedule.frames_per_visit=1500", "agent.learning_starts=200", "agent.re
         "actors.cpus_per_actor=0.25", "logging.log_every_s=2"]
 
 
-def sweep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", *args],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-
-
 def test_grid_parsing_and_ranking():
     grid = parse_grid(["agent.ewc_lambda=0,100", "agent.fisher_kind=softmax_exact,td_empirical"])
     assert grid == {"agent.ewc_lambda": [0, 100], "agent.fisher_kind": ["softmax_exact", "td_empirical"]}
@@ -62,12 +57,12 @@ def test_a_trial_that_could_never_start_is_refused():
     assert trial_bundles(config, cluster_has_gpu=True)[1] == {"CPU": 1.0, "GPU": 1}  # device: auto takes the GPU
 
 
-def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(tmp_path):
+def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(ray_command, tmp_path):
     args = ["--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--grid", "agent.ewc_lambda=0,1000",
             "--seeds", "1", "--logdir", str(tmp_path), "--name", "tiny", "--max-concurrent", "1"]
     for override in TINY:
         args += ["--set", override]
-    proc = sweep(*args)
+    proc = ray_command("sweep", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep_dir = tmp_path / "tiny"
     result = json.loads((sweep_dir / "sweep.json").read_text())
@@ -87,6 +82,6 @@ def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert len(json.loads((sweep_dir / "report" / "report.json").read_text())["runs"]) == 2  # every trial, one report
 
-    again = sweep("--resume", str(sweep_dir), "--quiet")  # nothing left to do: the same ranking back
+    again = ray_command("sweep", "--resume", str(sweep_dir), "--quiet", timeout=900)  # nothing left to do: the same ranking back
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((sweep_dir / "sweep.json").read_text())["ranking"] == result["ranking"]

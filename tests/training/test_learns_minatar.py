@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 from envs.scores import MINATAR_RANDOM
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT
 
 
-def test_minatar_space_invaders_is_learned_in_a_short_run(tmp_path):
-    proc = run_train(tmp_path, [
+def test_minatar_space_invaders_is_learned_in_a_short_run(train, tmp_path):
+    proc = train(tmp_path, [
         "run_name=learns", "games=[MinAtar/SpaceInvaders]", "schedule.repeats=1", "schedule.frames_per_visit=30000",
         "epsilon.decay_steps=15000", "eval.every_frames=15000", "eval.episodes=10", "agent.ewc_enabled=false",
         "agent.ewc_min_frames=0", "logging.log_every_s=5",
