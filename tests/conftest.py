@@ -19,7 +19,7 @@ import torch
 from training.cluster import FORBID_RAY_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command"}
+SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command", "local_ray"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,6 +89,19 @@ def run_command(*args: str, timeout: float = 600, wait: bool = True) -> subproce
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance in this process for a module's in-process trainers (each `run.py train` would
+    start and stop its own)."""
+    import ray
+
+    from training.cluster import init_ray
+
+    init_ray(logging_level="error", log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

@@ -51,6 +51,14 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"{PREFIX}*{SUFFIX}"))
 
 
+def resume_hint(directory: Path, run_dir: Path) -> str:
+    """What a user who lost a run can do: the last good checkpoint and the command that continues from it."""
+    files = list_checkpoints(directory)
+    if not files:
+        return "no checkpoint was written yet"
+    return f"last good checkpoint: {files[-1]}; continue with: python run.py train --resume {run_dir}"
+
+
 def load(path: Path) -> dict[str, Any]:
     """One checkpoint file; UsageError naming the file if it is missing, truncated or not ours."""
     if not path.is_file():

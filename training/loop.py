@@ -72,12 +72,11 @@ class Trainer:
                 return self._loop()
         finally:
             self.writer.close()
+            if self.actors is not None:
+                self.actors.stop()
 
     def _resume_hint(self) -> str:
-        files = checkpoint.list_checkpoints(self.run_dir / records.CHECKPOINT_DIR)
-        if not files:
-            return "no checkpoint was written yet"
-        return f"last good checkpoint: {files[-1]}; continue with: python run.py train --resume {self.run_dir}"
+        return checkpoint.resume_hint(self.run_dir / records.CHECKPOINT_DIR, self.run_dir)
 
     def _loop(self) -> dict[str, Any]:
         cfg, progress, feeder = self.config, self.progress, self.feeder

@@ -47,28 +47,29 @@ def processes_mentioning(marker: str) -> list[int]:
 
 
 def kill_all(marker: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_mentioning(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while processes_mentioning(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    """End a throwaway cluster at once: nothing of it is kept, so no graceful shutdown to wait for."""
+    for pid in processes_mentioning(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
-@pytest.fixture
-def token(monkeypatch) -> str:
-    """A fresh token for the cluster, this test process and its subprocesses (drivers, the job client)."""
+@pytest.fixture(scope="module")
+def token() -> str:
+    """A fresh token for the module's clusters, this test process and its subprocesses (drivers, the job client)."""
     value = secrets.token_hex(32)
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", value)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return value
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", value)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        yield value
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory, token):
     """A head (CPU 1, custom resource learner_node) and a worker node (CPU 1, env_node), as deploy/ defines them."""
     temp_dir = str(tmp_path_factory.mktemp("ray"))  # every process of this cluster names it: our teardown key
@@ -119,7 +120,7 @@ def test_a_worker_node_with_a_wrong_token_is_refused(two_node_cluster, monkeypat
     assert "InvalidAuthToken" in proc.stderr + proc.stdout
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def job_head(tmp_path_factory, token):
     """A one-node cluster with the dashboard (and so the job server) bound to 127.0.0.1."""
     temp_dir = str(tmp_path_factory.mktemp("ray"))

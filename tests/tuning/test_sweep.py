@@ -21,8 +21,8 @@ from tuning.sweep import (
     trial_name,
 )
 
-TINY = ["schedule.frames_per_visit=1500", "agent.learning_starts=200", "agent.replay_capacity=2000",
-        "agent.ewc_min_frames=1500", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
+TINY = ["schedule.frames_per_visit=1000", "schedule.repeats=1", "agent.learning_starts=200",
+        "agent.replay_capacity=2000", "agent.ewc_min_frames=1000", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
         "actors.cpus_per_actor=0.25", "logging.log_every_s=2"]
 
 
