@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from agents.dqn.config import DQNConfig
 from agents.dqn.fisher import q_network_fisher
-from agents.dqn.learning import Learner
+from agents.dqn.learning import Learner, anchored_learner, synthetic_anchors
 from agents.dqn.losses import to_tensors
-from agents.dqn.networks import NetworkConfig, QNetwork, shared_parameter_names
+from agents.dqn.networks import NetworkConfig, QNetwork
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
+from common.threads import torch_threads
 from ewc import EWCPenalty, diagonal_fisher
 from experiments.permuted_mnist import MLP
 
@@ -73,28 +73,6 @@ def rate(count: float, seconds: float) -> float:
 # ---- synthetic data ---------------------------------------------------------------------------
 
 
-def synthetic_anchors(net: nn.Module, tasks: int, lam: float, seed: int = 0) -> EWCPenalty:
-    """An EWC penalty over `net`'s shared weights merged from `tasks` random Fishers and anchors."""
-    names = shared_parameter_names(net)
-    penalty = EWCPenalty(lam, include=names)
-    generator = torch.Generator().manual_seed(seed)
-    params = {n: p.detach() for n, p in net.named_parameters() if n in names}
-    for _ in range(tasks):
-        fisher = {n: torch.rand(p.shape, generator=generator) * 1e-3 for n, p in params.items()}
-        anchors = {n: p + 0.01 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
-        penalty.consolidate(anchors, fisher)
-    return penalty
-
-
-def anchored_learner(config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False) -> Learner:
-    """A `Learner` whose EWC penalty is merged from `ewc_tasks` synthetic tasks (0: no penalty)."""
-    learner = Learner(config, seed=seed, compile_step=compile_step)
-    if ewc_tasks:
-        penalty = synthetic_anchors(learner.online, ewc_tasks, config.ewc_lambda, seed)
-        learner.set_anchors(penalty.state_dict(), range(1, ewc_tasks + 1))
-    return learner
-
-
 def empty_penalty_state(lam: float) -> dict[str, Any]:
     return EWCPenalty(lam).state_dict()
 
@@ -141,12 +119,8 @@ class BareUpdate:
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
     """Run `fn` with `threads` torch intra-op threads (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return fn()
-    finally:
-        torch.set_num_threads(previous)
 
 
 def bare_updates_per_s(

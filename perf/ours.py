@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UsageError
-from perf.measure import rate, steady_rate, synthetic_anchors
+from agents.dqn.learning import synthetic_anchors
+from perf.measure import rate, steady_rate
 from training.config import RunConfig, config_from_dict, load_yaml
 from training.hooks import TrainerHook
 from training.loop import Trainer

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 
 from agents.dqn.actor import EnvRunner
-from agents.dqn.learning import Learner
+from agents.dqn.learning import anchored_learner
 from agents.replay import Batch
-from ewc import EWCPenalty
+from common.threads import torch_threads
 from training.config import RunConfig, learner_device, replay_bytes_per_transition
 
 TIMED_UPDATES = 5  # the paper's network takes ~80 ms per update on one core: a few suffice for a median
@@ -81,10 +80,9 @@ def time_learner_update(config: RunConfig) -> tuple[float, str]:
     note = ""
     if device == "cuda" and not has_gpu:
         device, note = "cpu", "; device: cuda, but this machine has no GPU"
-    with _torch_threads(actors.learner_threads):
-        learner = Learner(agent, device=device, seed=config.seed)
-        if agent.ewc_enabled:
-            _anchor_synthetic_task(learner)
+    with torch_threads(actors.learner_threads):
+        # as after the first task switch, the update pays for the EWC penalty when the run has one
+        learner = anchored_learner(agent, ewc_tasks=int(agent.ewc_enabled), seed=config.seed, device=device)
         batch = Batch.random(agent.batch_size, agent.network, gamma=agent.gamma, seed=config.seed)
         for _ in range(WARMUP_UPDATES):
             learner.update(batch, 0, report_penalty=False)
@@ -104,7 +102,7 @@ def time_learner_update(config: RunConfig) -> tuple[float, str]:
 def time_env_step(config: RunConfig) -> tuple[float, str]:
     """Seconds per agent step of one env actor on the first game (emulator, acting, chunking), and what was played."""
     actors, game = config.actors, config.games[0]
-    with _torch_threads(1):  # as each env actor runs (training/actors.py)
+    with torch_threads(1):  # as each env actor runs (training/actors.py)
         runner = EnvRunner(0, actors.envs_per_actor, config.agent.network, config.env, seed=config.seed)
         runner.set_game(game, task=0)
         runner.collect(WARMUP_ENV_STEPS, config.epsilon.start)
@@ -116,28 +114,6 @@ def time_env_step(config: RunConfig) -> tuple[float, str]:
     played = (f"{game}, {result.steps} steps in {envs} of one actor, cpu, 1 torch thread, "
               f"epsilon {config.epsilon.start:g}")
     return seconds / result.steps, played
-
-
-def _anchor_synthetic_task(learner: Learner) -> None:
-    """Anchor one made-up task, so the update pays for the EWC penalty as it does after the first task switch."""
-    agent = learner.config
-    penalty = EWCPenalty(agent.ewc_lambda, online=agent.ewc_online, gamma=agent.ewc_online_gamma,
-                         include=learner.shared_names)
-    shared = {n: p for n, p in learner.online.named_parameters() if n in learner.shared_names}
-    penalty.consolidate(learner.online, {n: torch.ones_like(p) for n, p in shared.items()})
-    learner.set_anchors(penalty.state_dict(), tasks=[1])
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Run with `threads` torch threads (0: torch's default), restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _gib(nbytes: float) -> str:

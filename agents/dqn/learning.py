@@ -254,3 +254,27 @@ class Learner:
             if isinstance(err, UsageError):
                 raise
             raise UsageError(f"not a compatible Learner state: {err}") from None
+
+
+def synthetic_anchors(net: torch.nn.Module, tasks: int, lam: float, seed: int = 0) -> EWCPenalty:
+    """An EWC penalty over `net`'s shared weights merged from `tasks` random Fishers and anchors: what timing an
+    update needs (its cost does not depend on the values), as after `tasks` consolidations."""
+    names = shared_parameter_names(net)
+    penalty = EWCPenalty(lam, include=names)
+    generator = torch.Generator().manual_seed(seed)
+    params = {n: p.detach() for n, p in net.named_parameters() if n in names}
+    for _ in range(tasks):
+        fisher = {n: torch.rand(p.shape, generator=generator) * 1e-3 for n, p in params.items()}
+        anchors = {n: p + 0.01 * torch.randn(p.shape, generator=generator) for n, p in params.items()}
+        penalty.consolidate(anchors, fisher)
+    return penalty
+
+
+def anchored_learner(config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False,
+                     device: str = "cpu") -> Learner:
+    """A `Learner` whose EWC penalty is merged from `ewc_tasks` synthetic tasks (0: no penalty)."""
+    learner = Learner(config, device=device, seed=seed, compile_step=compile_step)
+    if ewc_tasks:
+        penalty = synthetic_anchors(learner.online, ewc_tasks, config.ewc_lambda, seed)
+        learner.set_anchors(penalty.state_dict(), range(1, ewc_tasks + 1))
+    return learner
