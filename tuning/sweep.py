@@ -17,7 +17,8 @@ At the end the combinations are ranked by average final score (the last row of t
 matrix, on normalised scores), then by round forgetting, as mean and standard error over seeds:
 printed, and written to SWEEP_DIR/sweep.json and sweep.csv. Failed trials are listed, not
 dropped. An interrupted sweep continues with --resume: finished trials are kept, unfinished ones
-continue from their own last checkpoint.
+continue from their own last checkpoint. A trial that fails while the sweep runs (its learner or
+driver killed, a node lost) is restarted the same way, up to --trial-retries times.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logdir", default="runs", help="parent of the sweep's folder (default: runs)")
     parser.add_argument("--max-concurrent", type=int, default=0,
                         help="trials running at once (default 0: as many as the cluster's resources hold)")
+    parser.add_argument("--trial-retries", type=int, default=3, metavar="N",
+                        help="times a failed trial (its driver or learner killed, a node lost) is restarted from its "
+                             "own last checkpoint before it counts as failed (default 3; 0: never)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' or HOST:PORT); default: local")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -222,8 +226,8 @@ def main(args: argparse.Namespace) -> int:
     say = (lambda message: None) if args.quiet else (lambda message: print(f"[sweep] {message}", file=sys.stderr, flush=True))
     if (args.config is None) == (args.resume is None):
         raise UsageError("give either --config CONFIG (a new sweep) or --resume SWEEP_DIR")
-    if args.seeds < 1 or args.max_concurrent < 0:
-        raise UsageError("--seeds must be at least 1 and --max-concurrent at least 0")
+    if args.seeds < 1 or args.max_concurrent < 0 or args.trial_retries < 0:
+        raise UsageError("--seeds must be at least 1, --max-concurrent and --trial-retries at least 0")
     if args.resume:
         sweep_dir = Path(args.resume).expanduser().resolve()
         if not (sweep_dir / SPEC_FILE).is_file():
@@ -233,8 +237,11 @@ def main(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid)
         base = apply_overrides(load_yaml(args.config), list(args.overrides))
         config_from_dict(base)  # a mistake in the base config ends the command here, before any trial
-        for combination in combinations(grid):
-            config_from_dict(trial_config_data(base, combination, 0, "check"))  # and so does a bad grid value
+        for combination in combinations(grid):  # and so does a bad grid value, or a combination of them
+            try:
+                config_from_dict(trial_config_data(base, combination, 0, "check"))
+            except UsageError as err:
+                raise UsageError(f"--grid combination {trial_name(combination, 0).removesuffix(',seed=0')}: {err}") from None
         sweep_dir = (Path(args.logdir).expanduser() / (args.name or f"sweep_{base.get('run_name', 'run')}")).resolve()
         if (sweep_dir / SPEC_FILE).exists():
             raise UsageError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or pick --name")
@@ -267,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
                 param_space={"trial": tune.grid_search(list(params.values()))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent or None),
                 run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0 if args.quiet else 1,
-                                          callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
+                                          callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                                          failure_config=tune.FailureConfig(max_failures=args.trial_retries)),
             )
         results = tuner.fit()
         errors = {}

@@ -34,6 +34,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def own_agent_port() -> list[str]:
+    """A node's dashboard agent on a free port: the default one may be taken by another Ray on this machine
+    (a test run in parallel, a user's own)."""
+    return [f"--dashboard-agent-listen-port={free_port()}"]
+
+
 def processes_mentioning(marker: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -76,10 +82,11 @@ def two_node_cluster(tmp_path_factory, token):
     port = free_port()
     try:
         subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dir}",
-                        '--resources={"learner_node": 1}', "--include-dashboard=false", "--disable-usage-stats"],
+                        '--resources={"learner_node": 1}', "--include-dashboard=false", *own_agent_port(),
+                        "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=120)
         subprocess.run([*RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                        '--resources={"env_node": 1}', "--disable-usage-stats"],
+                        '--resources={"env_node": 1}', *own_agent_port(), "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
@@ -100,8 +107,14 @@ def test_actors_land_on_the_node_types_made_for_them(two_node_cluster, tmp_path)
     assert summary["frames"] >= 4000 and summary["updates"] > 0 and summary["consolidations"] == 2
 
 
-def test_a_driver_with_a_wrong_token_is_refused_with_one_clear_line(two_node_cluster, tmp_path, monkeypatch):
+@pytest.fixture
+def wrong_token(monkeypatch):
+    """A token the cluster does not know; a refused connection is retried for ~20 s by default, 3 s here."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "3")
+
+
+def test_a_driver_with_a_wrong_token_is_refused_with_one_clear_line(two_node_cluster, wrong_token, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "train", "--config", str(ROOT / "configs" / "minatar_quick.yaml"),
          "--address", two_node_cluster, "--logdir", str(tmp_path)],
@@ -112,8 +125,7 @@ def test_a_driver_with_a_wrong_token_is_refused_with_one_clear_line(two_node_clu
     assert "token" in proc.stderr and "RAY_AUTH_TOKEN" in proc.stderr  # says what to fix
 
 
-def test_a_worker_node_with_a_wrong_token_is_refused(two_node_cluster, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+def test_a_worker_node_with_a_wrong_token_is_refused(two_node_cluster, wrong_token):
     proc = subprocess.run([*RAY, "start", f"--address={two_node_cluster}", "--num-cpus=1", "--disable-usage-stats"],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0  # refused at once, not a hang (Ray's own message: ours does not run here)
@@ -128,7 +140,7 @@ def job_head(tmp_path_factory, token):
     try:
         subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                        f"--dashboard-agent-listen-port={free_port()}",  # the default port may be another Ray's
+                        *own_agent_port(),
                         "--disable-usage-stats"],
                        check=True, capture_output=True, timeout=180)
         yield {"address": f"127.0.0.1:{port}", "url": f"http://127.0.0.1:{dashboard}"}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from common.errors import UsageError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_command
 from training.config import load_config
 from tuning.sweep import (
     combinations,
@@ -45,6 +45,21 @@ def test_grid_parsing_and_ranking():
     ]
     ranking = rank(trials, {"x": [1, 2]})
     assert [row["x"] for row in ranking] == [2, 1] and ranking[0]["failed"] == 1 and ranking[0]["seeds"] == 1
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["agent.ewc_lamda=0,100"], "unknown config key 'agent.ewc_lamda'"),
+    (["agent.ewc_lambda=0,much"], "'agent.ewc_lambda' must be a number"),
+    (["agent.ewc_lambda="], "--grid agent.ewc_lambda: expects a comma-separated list"),
+    (["agent.batch_size=32,0"], "agent.batch_size=0: config key 'agent.batch_size' must be positive"),
+    (["epsilon.start=0.01,1.0", "epsilon.end=0.05"], "epsilon.start=0.01,epsilon.end=0.05: epsilon.end must not exceed"),
+])
+def test_a_bad_grid_is_refused_before_any_trial_starts(grid, message, tmp_path):
+    args = ["sweep", "--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--logdir", str(tmp_path)]
+    proc = run_command(*args, *(f"--grid={g}" for g in grid))  # this tier forbids Ray: refused before it starts
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no sweep folder either
 
 
 def test_a_trial_that_could_never_start_is_refused():
