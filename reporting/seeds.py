@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from common.stats import mean_and_error
 from reporting.runs import RunLog
 from training.config import config_to_dict
 
@@ -23,19 +24,6 @@ def experiment_key(run: RunLog) -> str:
     """The run's config without the entries that a repeat with another seed may change."""
     config = config_to_dict(run.config)
     return repr(sorted((k, v) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
-
-
-def mean_and_error(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt n) of the finite values;
-    None where there is nothing, or only one value for the error."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None, None
-    mean = sum(finite) / len(finite)
-    if len(finite) < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
-    return mean, math.sqrt(variance / len(finite))
 
 
 def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:

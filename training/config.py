@@ -61,7 +61,7 @@ class ActorsConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every_frames: int = 1_000_000  # evaluate every game of the schedule this often (0: never)
-    episodes: int = 1  # episodes per game, played with epsilon.evaluation
+    episodes: int = 32  # episodes per game, played at once with epsilon.evaluation (one forward pass per step for all)
     at_visit_end: bool = True  # also evaluate every game with each visit's final weights (the evaluation matrix)
     max_episode_frames: int = 108_000
 

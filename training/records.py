@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from common.stats import mean_and_error
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -68,9 +70,13 @@ class EvalRound:
     capped_sum: float | None  # the paper's metric: sum of normalised scores capped at 1; None when a line lacks it
     episodes: dict[str, list[float]] | None = None  # raw score of every episode played
 
+    def stderr(self, game: str) -> float | None:
+        """The standard error of `game`'s mean score over its episodes (None with fewer than two)."""
+        return mean_and_error((self.episodes or {}).get(game, []))[1]
+
     def to_json(self) -> dict[str, Any]:
         games = {
-            game: {"score": score, "normalized": self.normalized.get(game),
+            game: {"score": score, "stderr": self.stderr(game), "normalized": self.normalized.get(game),
                    "episodes": (self.episodes or {}).get(game, [])}
             for game, score in self.scores.items()
         }
@@ -83,12 +89,14 @@ class EvalRound:
         games = record.get("games")
         if not isinstance(games, dict) or "kind" not in record or not isinstance(record.get("frames"), int):
             return None
-        scores, normalized = {}, {}
+        scores, normalized, episodes = {}, {}, {}
         for game, entry in games.items():
             score = _finite(entry.get("score")) if isinstance(entry, dict) else None
             if score is not None:
                 scores[game] = score
                 normalized[game] = _finite(entry.get("normalized"))
+                played = entry.get("episodes")
+                episodes[game] = [v for v in map(_finite, played) if v is not None] if isinstance(played, list) else []
         return cls(
             kind=str(record["kind"]),
             frames=record["frames"],
@@ -96,6 +104,7 @@ class EvalRound:
             scores=scores,
             normalized=normalized,
             capped_sum=_finite(record.get("capped_sum")),
+            episodes=episodes,
         )
 
 

@@ -141,11 +141,18 @@ class RunWriter:
         frames = evaluation.frames
         for game, score in evaluation.scores.items():
             self.scalar(f"eval/{game}/score", score, frames)
+            if evaluation.stderr(game) is not None:
+                self.scalar(f"eval/{game}/score_stderr", evaluation.stderr(game), frames)
             if evaluation.normalized[game] is not None:
                 self.scalar(f"eval/{game}/normalized", evaluation.normalized[game], frames)
         self.scalar("eval/capped_normalized_sum", evaluation.capped_sum, frames)
         self.eval_file.write(json.dumps(evaluation.to_json()) + "\n")
         self.eval_file.flush()
-        summary = ", ".join(f"{g} {v:.1f}" for g, v in evaluation.scores.items())
+        summary = ", ".join(f"{g} {v:.1f}{plus_minus(evaluation.stderr(g))}" for g, v in evaluation.scores.items())
         self.say(f"eval ({evaluation.kind}) at {frames:,} frames: {summary} "
                  f"(capped normalised sum {evaluation.capped_sum:.2f})")
+
+
+def plus_minus(error: float | None) -> str:
+    """' ± 1.9' for a standard error; nothing where there is none."""
+    return "" if error is None else f" ± {error:.1f}"

@@ -35,7 +35,7 @@ from typing import Any
 
 from common.errors import UsageError
 from common.results import write_json_atomic
-from reporting.seeds import mean_and_error
+from common.stats import mean_and_error
 from training.config import apply_overrides, config_from_dict, learner_device, load_yaml, parse_override
 
 SPEC_FILE = "sweep_spec.json"  # what the sweep was started with: --resume reads it back

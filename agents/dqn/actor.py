@@ -156,26 +156,50 @@ class EnvRunner:
         ]
         return result
 
-    def evaluate(self, game: str, task: int, episodes: int, epsilon: float, max_episode_frames: int) -> list[float]:
-        """Raw scores of `episodes` full episodes of `game` (separate environment; training state untouched)."""
+    def evaluate(self, game: str, task: int, episodes: int, epsilon: float, max_episode_frames: int,
+                 parallel: int | None = None) -> list[float]:
+        """Raw scores of `episodes` full episodes of `game`, in their own environments (training state untouched).
+
+        Up to `parallel` episodes (default: all) are played at once, with one forward pass per step for
+        all of them: many episodes cost little more than one. Exactly `episodes` are started and every
+        one is played to its end, so short episodes are not over-counted.
+        """
         settings = dataclasses.replace(self.settings, max_episode_frames=max_episode_frames)
-        env = make_env(game, seed=int(self.rng.integers(0, 2**31 - 1)), settings=settings)
-        stack = self._new_stack()
+        width = max(1, min(episodes, parallel or episodes))
+        seeds = self.rng.integers(0, 2**31 - 1, size=width)
+        envs = [make_env(game, seed=int(seed), settings=settings) for seed in seeds]
+        stacks = [self._new_stack() for _ in envs]
+        states: list[np.ndarray | None] = [None] * width
+        totals = [0.0] * width
         previous_task = self.net.task
         self.net.set_task(task)
-        scores = []
+        scores: list[float] = []
         try:
-            for _ in range(episodes):
-                frame, _ = env.reset()
-                state, score, done = stack.reset(frame), 0.0, False
-                while not done:
-                    action = int(self.act(state[None], epsilon)[0])
-                    frame, _, terminated, truncated, info = env.step(action)
-                    score += info["raw_reward"]
-                    done = terminated or truncated
-                    state = stack.push(frame)
-                scores.append(score)
+            playing = list(range(width))
+            for i in playing:
+                frame, _ = envs[i].reset()
+                states[i] = stacks[i].reset(frame)
+            started = width
+            while playing:
+                actions = self.act(np.stack([states[i] for i in playing]), epsilon)
+                still_playing = []
+                for i, action in zip(playing, actions):
+                    frame, _, terminated, truncated, info = envs[i].step(int(action))
+                    totals[i] += info["raw_reward"]
+                    if not (terminated or truncated):
+                        states[i] = stacks[i].push(frame)
+                        still_playing.append(i)
+                        continue
+                    scores.append(totals[i])
+                    totals[i] = 0.0
+                    if started < episodes:  # this environment plays one of the episodes not yet started
+                        frame, _ = envs[i].reset()
+                        states[i] = stacks[i].reset(frame)
+                        started += 1
+                        still_playing.append(i)
+                playing = still_playing
         finally:
-            env.close()
+            for env in envs:
+                env.close()
             self.net.set_task(previous_task)
         return scores

@@ -68,3 +68,48 @@ def test_a_lost_life_is_a_training_terminal_only_when_configured(config, termina
     transitions = ~chunk.episode_starts
     life_terminals = chunk.terminals & ~chunk.episode_ends & transitions
     assert life_terminals.any() == terminal_on_life_loss
+
+
+@pytest.mark.parametrize("parallel", [None, 2, 1])
+def test_evaluation_plays_exactly_its_episodes_to_the_end_in_one_batch(parallel, monkeypatch):
+    config = load_config(ROOT / "configs" / "minatar.yaml")
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=1)
+    runner.set_game("MinAtar/Breakout", 0)
+    played = {"resets": 0, "ends": 0, "steps": 0, "forward_passes": 0}
+    import agents.dqn.actor as actor_module
+
+    make_env = actor_module.make_env
+
+    def counted_env(*args, **kwargs):
+        env = make_env(*args, **kwargs)
+        reset, step = env.reset, env.step
+
+        def counting_reset(*a, **k):
+            played["resets"] += 1
+            return reset(*a, **k)
+
+        def counting_step(action):
+            result = step(action)
+            played["steps"] += 1
+            played["ends"] += bool(result[2] or result[3])
+            return result
+
+        env.reset, env.step = counting_reset, counting_step
+        return env
+
+    monkeypatch.setattr(actor_module, "make_env", counted_env)
+    forward = runner.net.forward
+
+    def counting_forward(*args, **kwargs):
+        played["forward_passes"] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(runner.net, "forward", counting_forward)
+    scores = runner.evaluate("MinAtar/SpaceInvaders", 1, episodes=5, epsilon=1.0, max_episode_frames=300,
+                             parallel=parallel)
+    assert len(scores) == 5 and played["resets"] == 5 and played["ends"] == 5  # every episode started once, ended once
+    if parallel != 1:  # one forward pass per step for all the episodes in play
+        assert played["forward_passes"] < played["steps"]
+    else:
+        assert played["forward_passes"] == played["steps"]
+    assert runner.net.task == 0 and runner.game == "MinAtar/Breakout"  # the training game and task are untouched

@@ -185,11 +185,11 @@ SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_no
 def shipped_config_at_small_sizes(name: str) -> list[str]:
     """--set overrides that keep a shipped config's ratios (learning_starts : replay_capacity,
     ewc_min_frames : frames_per_visit) but make it a short run over two of its games: each visit
-    fills its buffer past learning_starts and then trains a few hundred agent steps."""
+    fills its buffer past learning_starts and then trains for 100 agent steps."""
     data = load_yaml(ROOT / "configs" / f"{name}.yaml")  # with what it extends
     agent = data["agent"]
     learning_starts = agent["learning_starts"] // 100
-    visit = (learning_starts + 300) * data["env"]["frame_skip"]
+    visit = (learning_starts + 100) * data["env"]["frame_skip"]
     overrides = [
         f"run_name={name}", f"games=[{', '.join(data['games'][:2])}]", "schedule.repeats=1", "schedule.order=fixed",
         f"schedule.frames_per_visit={visit}",
