@@ -24,16 +24,14 @@ plain numbers: no files.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from envs.scores import (
-    MINATAR_DQN_CURVES,
-    MINATAR_RANDOM,
-    capped_sum,
-    published_dqn_score,
-)
+from envs.scores import MINATAR_DQN_CURVES, MINATAR_RANDOM, capped_sum, published_dqn_score
+from envs.scores import normalized as normalized_score
 from training.records import EvalRound
 
 NORMALIZED, RAW = "normalized", "raw"
@@ -54,6 +52,8 @@ class EvaluationMatrix:
     initial_raw: tuple[Cell, ...] | None  # the untrained network's scores; None without an "initial" round
     initial_normalized: tuple[Cell, ...] | None
     source: str  # VISIT_END, or LATEST_ROUND for runs evaluated without eval.at_visit_end
+    # each cell's standard error over its round's episodes, on each game's scale (None: fewer than two)
+    stderr: tuple[tuple[Cell, ...], ...] = ()
 
     @property
     def num_rows(self) -> int:
@@ -92,6 +92,7 @@ class EvaluationMatrix:
             "normalized": [list(row) for row in self.normalized],
             "value": self.values(),
             "scale": self.scales(),
+            "stderr": [list(row) for row in self.stderr],
             "initial": None if self.initial_raw is None else {
                 "score": list(self.initial_raw), "normalized": list(self.initial_normalized),
                 "value": self.initial_values(),
@@ -129,7 +130,7 @@ def build_matrix(rounds: Sequence[EvalRound], trained: Sequence[str], games: Seq
 
     rows = [by_visit.get(i) for i in range(last + 1)]
     initial = next((r for r in rounds if r.kind == "initial"), None)  # the first: a resumed run never logs another
-    return EvaluationMatrix(
+    matrix = EvaluationMatrix(
         games=tuple(games),
         trained=tuple(trained[: last + 1]),
         frames=tuple(None if r is None else r.frames for r in rows),
@@ -139,6 +140,25 @@ def build_matrix(rounds: Sequence[EvalRound], trained: Sequence[str], games: Seq
         initial_normalized=None if initial is None else cells(initial, "normalized"),
         source=source,
     )
+    scales = matrix.scales()
+    errors = tuple(tuple(None if r is None else _scaled_error(r, game, scales[game]) for game in games) for r in rows)
+    return dataclasses.replace(matrix, stderr=errors)
+
+
+def _scaled_error(round_: EvalRound, game: str, scale: str) -> Cell:
+    """A cell's standard error on the game's scale (the normalised score is affine in the raw one)."""
+    error = round_.stderr(game)
+    if error is None or scale == RAW:
+        return error
+    one, zero = normalized_score(game, 1.0), normalized_score(game, 0.0)
+    return None if one is None or zero is None else error * abs(one - zero)
+
+
+def _error_of_mean(errors: Sequence[Cell]) -> float | None:
+    """The standard error of a mean of independent cells (or of their differences) from theirs; None if any lacks one."""
+    if not errors or any(e is None for e in errors):
+        return None
+    return math.sqrt(sum(e * e for e in errors)) / len(errors)
 
 
 def _mean(values: Sequence[Cell]) -> float | None:
@@ -179,11 +199,14 @@ def continual_metrics(matrix: EvaluationMatrix) -> dict[str, Any]:
         if initial is not None and first is not None and first > 0:
             forward[game] = _difference(values[first - 1][j], initial[j])
     final_normalized = dict(zip(matrix.games, matrix.normalized[last]))
-    round_forgetting, visit_end_values = _round_forgetting(matrix, values)
+    round_forgetting, visit_end_values, round_errors = _round_forgetting(matrix, values)
+    final_errors = list(matrix.stderr[last]) if matrix.stderr else [None] * len(final)
     return {
         "final_visit": last,
         "final": dict(zip(matrix.games, final)),
+        "final_stderr": dict(zip(matrix.games, final_errors)),
         "average_final": _mean(final),
+        "average_final_stderr": _error_of_mean([e for v, e in zip(final, final_errors) if v is not None]),
         "final_capped_sum": capped_sum(final_normalized),
         "forgetting": forgetting,
         "average_forgetting": _mean(list(forgetting.values())),
@@ -192,7 +215,10 @@ def continual_metrics(matrix: EvaluationMatrix) -> dict[str, Any]:
         "forward_transfer": _mean(list(forward.values())),
         "forward_transfer_per_game": forward,
         "round_forgetting": _mean(round_forgetting),
+        "round_forgetting_stderr": _error_of_mean(round_errors),
         "round_forgetting_relative": _ratio(_mean(round_forgetting), _mean(visit_end_values)),
+        # the numerator's error only: the end-of-visit scores it divides by are the same evaluations
+        "round_forgetting_relative_stderr": _ratio(_error_of_mean(round_errors), _mean(visit_end_values)),
         "scale": matrix.scales(),
     }
 
@@ -201,13 +227,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _round_forgetting(matrix: EvaluationMatrix, values: list[list[Cell]]) -> tuple[list[float], list[float]]:
+def _round_forgetting(matrix: EvaluationMatrix, values: list[list[Cell]]) -> tuple[list[float], list[float], list[Cell]]:
     """Isolated forgetting within each round of the schedule (one visit per game): for every visit that
     other games follow in its round, (the game's score at the end of its visit) - (its score at the end
-    of the round). Returns those differences and the end-of-visit scores they start from."""
+    of the round). Returns those differences, the end-of-visit scores they start from, and each
+    difference's standard error (two independent evaluations)."""
     per_round = len(matrix.games)
     last = matrix.num_rows - 1
-    differences, starts = [], []
+    differences, starts, errors = [], [], []
     for i, game in enumerate(matrix.trained):
         end = (i // per_round + 1) * per_round - 1
         j = matrix.games.index(game)
@@ -215,7 +242,9 @@ def _round_forgetting(matrix: EvaluationMatrix, values: list[list[Cell]]) -> tup
             continue
         differences.append(values[i][j] - values[end][j])
         starts.append(values[i][j])
-    return differences, starts
+        a, b = (matrix.stderr[i][j], matrix.stderr[end][j]) if matrix.stderr else (None, None)
+        errors.append(None if a is None or b is None else math.sqrt(a * a + b * b))
+    return differences, starts, errors
 
 
 def first_visit_learning(matrix: EvaluationMatrix, frame_skip: int) -> dict[str, Any]:

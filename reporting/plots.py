@@ -143,8 +143,10 @@ def plot_matrix(matrix: EvaluationMatrix, title: str) -> Figure:
                                1 - 2 * OUTLINE_INSET, fill=False, ec="red", lw=2.0))
     if rows * cols <= MAX_LABELLED_CELLS:
         middle = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
+        errors = [[None] * cols] * offset + [list(row) for row in matrix.stderr]  # the untrained row: none shown
         for (i, j), value in np.ndenumerate(grid):
-            text = "-" if np.isnan(value) else f"{value:.3g}"
+            error = errors[i][j] if i < len(errors) else None
+            text = "-" if np.isnan(value) else f"{value:.3g}" + ("" if error is None else f"\n±{error:.2g}")
             ax.text(j, i, text, ha="center", va="center", fontsize="small",
                     color="black" if not np.isnan(value) and value > middle else "white")
     if offset:

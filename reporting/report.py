@@ -120,6 +120,11 @@ def _fmt(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
+def _fmt_error(value: float | None, error: float | None) -> str:
+    """A value with its standard error ('5.2 ± 0.4'); the value alone where there is no error."""
+    return _fmt(value) + ("" if value is None or error is None else f" &plusmn; {_fmt(error)}")
+
+
 def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -129,12 +134,13 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     head = "<tr><th>game</th><th>scale</th><th>final</th><th>forgetting</th><th>backward transfer</th><th>forward transfer</th></tr>"
     rows = [
         f"<tr><td>{html.escape(game)}</td><td>{SCALE_NAMES[metrics['scale'][game]]}</td>"
-        f"<td>{_fmt(metrics['final'][game])}</td><td>{_fmt(metrics['forgetting'][game])}</td>"
+        f"<td>{_fmt_error(metrics['final'][game], metrics['final_stderr'].get(game))}</td>"
+        f"<td>{_fmt(metrics['forgetting'][game])}</td>"
         f"<td>{_fmt(metrics['backward_transfer_per_game'][game])}</td><td>{_fmt(metrics['forward_transfer_per_game'][game])}</td></tr>"
         for game in metrics["final"]
     ]
     rows.append(
-        f"<tr class='total'><td>mean</td><td></td><td>{_fmt(metrics['average_final'])}</td>"
+        f"<tr class='total'><td>mean</td><td></td><td>{_fmt_error(metrics['average_final'], metrics['average_final_stderr'])}</td>"
         f"<td>{_fmt(metrics['average_forgetting'])}</td><td>{_fmt(metrics['backward_transfer'])}</td>"
         f"<td>{_fmt(metrics['forward_transfer'])}</td></tr>"
     )
@@ -142,13 +148,19 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def _matrix_table(matrix: EvaluationMatrix) -> str:
-    """Raw scores, normalised in brackets; the cell of the game trained in that visit highlighted."""
+    """Raw scores, normalised in brackets (with the standard error over the round's episodes, on the
+    game's scale); the cell of the game trained in that visit highlighted."""
     head = "<tr><th>after visit</th><th>frames</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in matrix.games) + "</tr>"
+    scales = matrix.scales()
 
-    def cells(raw, norm, trained: str | None) -> str:
+    def cells(raw, norm, trained: str | None, errors=None) -> str:
         out = []
-        for game, r, n in zip(matrix.games, raw, norm):
-            text = _fmt(r) + ("" if n is None else f" <span class='norm'>({_fmt(n)})</span>")
+        for j, (game, r, n) in enumerate(zip(matrix.games, raw, norm)):
+            error = None if errors is None else errors[j]
+            if n is None:
+                text = _fmt_error(r, error)
+            else:
+                text = _fmt(r) + f" <span class='norm'>({_fmt_error(n, error) if scales[game] != 'raw' else _fmt(n)})</span>"
             out.append(f"<td{' class=trained' if game == trained else ''}>{text}</td>")
         return "".join(out)
 
@@ -157,7 +169,7 @@ def _matrix_table(matrix: EvaluationMatrix) -> str:
         rows.append(f"<tr><td>untrained</td><td>0</td>{cells(matrix.initial_raw, matrix.initial_normalized, None)}</tr>")
     for i, (game, frames) in enumerate(zip(matrix.trained, matrix.frames)):
         rows.append(f"<tr><td>{i + 1}: {html.escape(game)}</td><td>{_fmt(frames)}</td>"
-                    f"{cells(matrix.raw[i], matrix.normalized[i], game)}</tr>")
+                    f"{cells(matrix.raw[i], matrix.normalized[i], game, matrix.stderr[i] if matrix.stderr else None)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -281,11 +293,18 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
 def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Plain-text metrics per run for stdout."""
     width = max(len(s["name"]) for s in summaries) + 2
-    columns = [max(12, len(name) + 2) for name in METRIC_NAMES]
+    columns = [max(18, len(name) + 2) for name in METRIC_NAMES]
     lines = ["run".ljust(width) + "".join(name.rjust(c) for name, c in zip(METRIC_NAMES, columns))]
+
+    def cell(metrics: dict[str, Any], name: str) -> str:  # '0.512±0.031': the standard error where there is one
+        if metrics.get(name) is None:
+            return "-"
+        error = metrics.get(f"{name}_stderr")
+        return f"{metrics[name]:.4g}" + ("" if error is None else f"±{error:.2g}")
+
     for s in summaries:
         metrics = s["metrics"] or {}
-        cells = ["-" if metrics.get(n) is None else f"{metrics[n]:.4g}" for n in METRIC_NAMES]
+        cells = [cell(metrics, n) for n in METRIC_NAMES]
         lines.append(s["name"].ljust(width) + "".join(cell.rjust(c) for cell, c in zip(cells, columns)))
     return "\n".join(lines)
 

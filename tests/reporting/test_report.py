@@ -17,6 +17,7 @@ from envs.scores import capped_sum
 from reporting.metrics import LATEST_ROUND, EvalRound, build_matrix, continual_metrics
 from reporting.runs import load_run
 from reporting.seeds import seed_groups, seed_groups_text
+from training.evaluation import eval_round
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -323,3 +324,22 @@ def test_empty_eval_log_returns_2(tiny_run, tmp_path, capsys):
     (copy / "eval.jsonl").write_text("")
     assert run.main(["report", str(copy)]) == 2
     assert "holds no evaluation round" in capsys.readouterr().err
+
+
+def test_cells_and_metrics_carry_standard_errors_from_the_episodes():
+    # Pong normalises as (score + 20.7) / 30 (envs.scores): its errors shrink by that scale; "Zed" stays raw
+    rounds = [
+        eval_round("visit_end", 100, 0, {"Pong": [-10.0, -12.0, -14.0], "Zed": [4.0, 6.0]}),
+        eval_round("visit_end", 200, 1, {"Pong": [-18.0, -20.0, -16.0], "Zed": [9.0, 11.0]}),
+    ]
+    matrix = build_matrix(rounds, ["Pong", "Zed"], ["Pong", "Zed"])
+    pong_raw_error = 2 / 3 ** 0.5  # standard deviation 2 over 3 episodes
+    scale = 1 / (9.3 + 20.7)
+    assert matrix.scales() == {"Pong": "normalized", "Zed": "raw"}
+    assert matrix.stderr[0][0] == pytest.approx(pong_raw_error * scale) and matrix.stderr[0][1] == pytest.approx(1.0)
+    metrics = continual_metrics(matrix)
+    assert metrics["final_stderr"]["Zed"] == pytest.approx(1.0)
+    assert metrics["average_final_stderr"] == pytest.approx((pong_raw_error ** 2 * scale ** 2 + 1.0) ** 0.5 / 2)
+    # Pong's round forgetting is the difference of two independent evaluations: their errors add in quadrature
+    assert metrics["round_forgetting_stderr"] == pytest.approx(2 ** 0.5 * pong_raw_error * scale)
+    assert matrix.to_dict()["stderr"][1][1] == pytest.approx(1.0)
