@@ -6,6 +6,7 @@ Examples:
   python run.py train --config configs/paper.yaml --set agent.ewc_lambda=100 --logdir runs
   python run.py train --config configs/paper.yaml --address auto      # join a running Ray cluster
   python run.py train --resume runs/paper                              # continue after a crash or a kill
+  python run.py train --config configs/paper.yaml --resume auto        # continue runs/paper if it exists, else start it
   python run.py train --config configs/paper.yaml --check              # memory and time it needs, then exit
 
 Writes to LOGDIR/<run_name>/: config.yaml (resolved), metrics.jsonl, eval.jsonl, TensorBoard
@@ -25,8 +26,10 @@ from training.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (see configs/); not with --resume")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue RUN_DIR from its last good checkpoint, with the config it was started with")
+    parser.add_argument("--resume", metavar="RUN_DIR|auto",
+                        help="continue RUN_DIR from its last good checkpoint, with the config it was started with; "
+                             "'auto' (with --config): continue LOGDIR/<run_name> if it holds checkpoints of this "
+                             "same config, else start it there (what a retried job or a replaced node should run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set agent.ewc_lambda=100 (repeatable)")
     parser.add_argument("--address", default=None,
@@ -50,6 +53,40 @@ def new_run_dir(logdir: Path, name: str) -> Path:
     return candidate
 
 
+AUTO = "auto"
+
+
+def same_config_checkpoint(run_dir: Path, config) -> dict | None:
+    """The latest checkpoint in `run_dir` when it holds a run of `config` (None: nothing to continue);
+    a run of another config there is refused rather than mixed with this one."""
+    from training import checkpoint, records
+    from training.config import config_from_dict, config_to_dict
+
+    directory = run_dir / records.CHECKPOINT_DIR
+    if not (directory.is_dir() and checkpoint.list_checkpoints(directory)):
+        return None
+    _, state = checkpoint.load_latest(directory)
+    saved, wanted = flatten(config_to_dict(config_from_dict(state["config"]))), flatten(config_to_dict(config))
+    differ = sorted(key for key in saved.keys() | wanted.keys()
+                    if saved.get(key) != wanted.get(key) and not key.startswith("logging."))
+    if differ:
+        shown = ", ".join(f"{key} ({saved.get(key)!r} there, {wanted.get(key)!r} here)" for key in differ[:4])
+        raise UsageError(f"{run_dir} holds a run of another config: {shown}{' ...' if len(differ) > 4 else ''}; "
+                         "pick another run_name or --logdir, or continue that run with --resume RUN_DIR")
+    return state
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'agent': {'gamma': 0.99}} -> {'agent.gamma': 0.99}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def resolve_logdir(logdir: str) -> Path:
     """LOGDIR; inside a Ray job a relative one is taken from the home directory, not from the job's
     temporary copy of the working directory (which Ray deletes with the session)."""
@@ -65,10 +102,20 @@ def main(args: argparse.Namespace) -> int:
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
         raise UsageError("--stop-after-s must be positive")
-    if (args.config is None) == (args.resume is None):
+    if args.resume == AUTO:
+        if args.config is None:
+            raise UsageError("--resume auto continues the run of --config CONFIG: give the config too")
+    elif (args.config is None) == (args.resume is None):
         raise UsageError("give either --config CONFIG (a new run) or --resume RUN_DIR (continue a run)")
     resume_state = None
-    if args.resume:
+    if args.resume == AUTO:
+        config = load_config(args.config, args.overrides)
+        run_dir = resolve_logdir(args.logdir) / config.run_name
+        resume_state = same_config_checkpoint(run_dir, config)
+        if resume_state is None:  # an attempt killed before its first checkpoint left only logs: start over
+            for name in (records.METRICS_FILE, records.EVAL_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+    elif args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / records.CHECKPOINT_DIR).is_dir():
             raise UsageError(f"{str(run_dir)!r} is not a run directory with {records.CHECKPOINT_DIR}/")

@@ -116,3 +116,23 @@ def test_resume_with_an_incompatible_network_is_refused(tiny_run, ray_command, t
     proc = ray_command("train", "--resume", str(run_dir), "--set", "agent.network.hidden=64", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "not a compatible Learner state" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_auto_continues_a_run_of_the_same_config_and_refuses_another(tiny_run, ray_command, tmp_path):
+    """What a retried job runs: `--config C --resume auto` continues LOGDIR/<run_name> if it holds C's run."""
+    import shutil
+
+    from tests.conftest import ROOT, TINY_RUN_OVERRIDES
+
+    shutil.copytree(tiny_run, tmp_path / "tiny")
+    args = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--logdir", str(tmp_path), "--resume", "auto",
+            "--no-report"]
+    for override in TINY_RUN_OVERRIDES:
+        args += ["--set", override]
+    other = ray_command(*args, "--set", "agent.ewc_lambda=1", timeout=300)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "holds a run of another config: agent.ewc_lambda" in other.stderr
+    same = ray_command(*args, "--set", "logging.log_every_s=2", timeout=300)  # how it logs may change
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "resumed from" in same.stderr and not (tmp_path / "tiny-2").exists()
+    assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["resumes"] == 1
