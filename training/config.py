@@ -81,6 +81,8 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     games: tuple[str, ...] = ("Pong", "Breakout")
     task_inference: Literal["schedule", "fmn"] = "schedule"  # fmn: task ids inferred from frames
+    # what the run does about forgetting (training/strategies.py); auto: ewc or finetune, as agent.ewc_enabled says
+    strategy: Literal["auto", "finetune", "ewc", "reset"] = "auto"
     fmn: FMNConfig = field(default_factory=FMNConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     env: EnvSettings = field(default_factory=EnvSettings)
@@ -257,6 +259,9 @@ def _check_ranges(config: RunConfig) -> None:
         )
     if config.epsilon.end > config.epsilon.start:
         raise UsageError("epsilon.end must not exceed epsilon.start")
+    if config.strategy != "auto" and (config.strategy == "ewc") != agent.ewc_enabled:
+        raise UsageError(f"strategy {config.strategy!r} with agent.ewc_enabled: {str(agent.ewc_enabled).lower()}: "
+                         f"set agent.ewc_enabled: {str(config.strategy == 'ewc').lower()} (or strategy: auto)")
     if agent.ewc_online_gamma != 1.0 and not agent.ewc_online:
         raise UsageError("agent.ewc_online_gamma only applies with agent.ewc_online: true")
     if config.task_inference == "fmn":

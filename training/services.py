@@ -147,6 +147,14 @@ class LearnerService:
     def weights(self) -> dict[str, Tensor]:
         return self.learner.weights()
 
+    def reset_weights(self, seed: int) -> None:
+        """Fresh weights, target and optimizer state (the reset strategy at a task switch); the update
+        counters and the replay buffers are kept."""
+        old = self.learner
+        self.learner = Learner(self.config.agent, device=old.device, seed=seed,
+                               compile_step=self.config.actors.learner_compile)
+        self.learner.num_updates, self.learner.num_skipped = old.num_updates, old.num_skipped
+
     def consolidation_inputs(self, task: int) -> ConsolidationInputs:
         """What consolidation needs for `task`: weights and a sample of its buffer."""
         return ConsolidationInputs(

@@ -7,6 +7,10 @@ reset, ...) is a new class here and a config value, not flags checked across the
     FineTuning   plain Double DQN from task to task: no protection (`agent.ewc_enabled: false`)
     EWC          at each switch, the finished task's Fisher on the consolidation actor
                  (`agents.dqn.consolidation`), whose merged anchors go straight to the learner
+    Reset        at each switch, fresh weights and optimizer state: no interference and no
+                 retention, the reference for how much a task gains from what came before
+
+The config's `strategy` chooses (`auto`: EWC or FineTuning, as `agent.ewc_enabled` says).
 """
 from __future__ import annotations
 
@@ -78,5 +82,29 @@ class EWC(ContinualStrategy):
             ray.get(self.consolidator.load_state_dict.remote(state))
 
 
+class Reset(ContinualStrategy):
+    name = "reset"
+
+    def __init__(self):
+        self.resets = 0
+
+    def at_task_switch(self, trainer: Trainer, old: int, new: int | None) -> None:
+        if new is None:  # the run's end: nothing more to learn
+            return
+        self.resets += 1
+        # a new seed per reset: a fresh network, not the first one again
+        trainer.actors.learner.reset_weights.remote(trainer.config.seed * 100_003 + self.resets)
+        trainer.feeder.sync_weights()  # queued after the reset on the learner: the actors play the new task fresh
+        trainer.say(f"reset the network and optimizer for task {new} (reset {self.resets})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"resets": self.resets}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resets = int((state or {}).get("resets", 0))
+
+
 def make_strategy(config: RunConfig) -> ContinualStrategy:
+    if config.strategy == "reset":
+        return Reset()
     return EWC() if config.agent.ewc_enabled else FineTuning()

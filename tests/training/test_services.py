@@ -120,3 +120,27 @@ def test_mean_normalised_fishers_protect_every_task_alike(config):
     count = sum(p.numel() for p in precision.values())
     assert total / count == pytest.approx(1.0, rel=1e-5)  # the task's Fisher, scaled to mean 1
     assert anchors.fisher_mean != pytest.approx(1.0)  # the log keeps the Fisher's own scale
+
+
+def test_reset_gives_fresh_weights_and_optimizer_but_keeps_counters_and_replay(config):
+    learner = LearnerService(config)
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=1)
+    runner.set_game("Pong", 0)
+    learner.add(0, runner.collect(60, epsilon=1.0).chunks)
+    learner.train(0, 3)
+    trained = learner.weights()
+    learner.reset_weights(seed=7)
+    fresh = learner.weights()
+    assert all(not torch.equal(trained[name], fresh[name]) for name in trained if name.endswith("weight"))
+    assert not learner.learner.optimizer.state  # no RMSProp statistics carried over
+    assert learner.learner.num_updates == 3 and learner.replay_sizes() == {0: 60}
+    assert all(torch.equal(t, o) for t, o in zip(learner.learner.target.state_dict().values(), fresh.values()))
+    learner.reset_weights(seed=8)  # another reset, another network
+    first = next(name for name in fresh if name.endswith("weight"))
+    assert not torch.equal(learner.weights()[first], fresh[first])
+
+
+def test_an_explicit_strategy_must_agree_with_ewc_enabled():
+    with pytest.raises(UsageError, match="strategy 'reset' with agent.ewc_enabled: true"):
+        load_config(ROOT / "configs" / "minatar.yaml", ["strategy=reset"])
+    assert load_config(ROOT / "configs" / "minatar.yaml", ["strategy=reset", "agent.ewc_enabled=false"]).strategy == "reset"

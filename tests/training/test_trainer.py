@@ -178,8 +178,8 @@ def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(
 
 
 # Written out, not globbed: a config added to configs/ must be added here too, or the test below fails.
-SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_no_ewc", "minatar_quick", "no_ewc",
-                   "paper", "paper_fmn", "smoke"]
+SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_no_ewc", "minatar_quick", "minatar_reset",
+                   "no_ewc", "paper", "paper_fmn", "smoke"]
 
 
 def shipped_config_at_small_sizes(name: str) -> list[str]:
@@ -215,8 +215,9 @@ def test_every_shipped_config_is_tested_here():
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_every_shipped_config_starts_learning(name, local_ray, tmp_path):
     from training.loop import Trainer
+    from training.strategies import make_strategy
 
     config = load_config(ROOT / "configs" / f"{name}.yaml", shipped_config_at_small_sizes(name))
     summary = Trainer(config, tmp_path / name, quiet=True).run()
-    assert summary["updates"] > 0 and summary["completed"]
+    assert summary["updates"] > 0 and summary["completed"] and summary["strategy"] == make_strategy(config).name
     assert all(n > 0 for n in summary["updates_per_task"].values())
