@@ -17,6 +17,7 @@ Layout: `make_state` writes it and the accessors below read it (`policy`, `task_
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Mapping
@@ -26,20 +27,40 @@ from typing import Any
 
 import torch
 
-from common.errors import UsageError
+from common.errors import UsageError, disk_full_aborts
 
 PREFIX, SUFFIX = "ckpt_", ".pt"
 LAYOUT = {"config", "counters", "epsilon", "task_ids", "current_task", "learner", "consolidation"}
+
+
+FULL_BELOW_BYTES = 16 * 2**20  # a failed write that left less room than this ran out of disk
+
+
+def free_bytes(directory: Path) -> int:
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
 
 
 def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{PREFIX}{frames:012d}{SUFFIX}"
     temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    kept = list_checkpoints(directory)
+    after = (f"; the newest complete checkpoint is {kept[-1].name}: free space, then continue with "
+             f"`python run.py train --resume {directory.parent}`" if kept else "; no checkpoint was complete yet")
+    try:
+        with disk_full_aborts(path, "a checkpoint", after), open(temporary, "wb") as handle:
+            try:
+                torch.save(state, handle)
+            except RuntimeError as err:  # torch's zip writer reports a failed write without its errno
+                if free_bytes(directory) < FULL_BELOW_BYTES:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
+                raise
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a partial file would only take the space the next try needs
+        raise
     os.replace(temporary, path)  # atomic: a reader sees the old file or the whole new one
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)

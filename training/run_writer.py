@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from common.errors import DISK_FULL, disk_full_aborts
 from envs import scores
 from training import records
 from training.config import RunConfig, config_to_dict
@@ -81,7 +82,21 @@ class RunWriter:
     def close(self) -> None:
         for output in (self.tensorboard, self.metrics_file, self.eval_file):
             if output is not None:
-                output.close()
+                try:
+                    output.close()
+                except OSError as err:  # a full disk already stopped the run and said so: the lines are lost
+                    if err.errno not in DISK_FULL:
+                        raise
+
+    def _append(self, output, name: str, record: dict[str, Any], what: str) -> None:
+        """One JSON line; a full disk stops the run naming the file (readers skip a last partial line)."""
+        with disk_full_aborts(self.run_dir / name, what, self._left_after_full_disk()):
+            output.write(json.dumps(record) + "\n")
+            output.flush()
+
+    def _left_after_full_disk(self) -> str:
+        return (f"; the newest complete checkpoint in {self.run_dir / records.CHECKPOINT_DIR} stays loadable: free "
+                f"space, then continue with `python run.py train --resume {self.run_dir}`")
 
     def scalar(self, tag: str, value: float, frames: int) -> None:
         self.tensorboard.add_scalar(tag, value, frames)
@@ -93,7 +108,9 @@ class RunWriter:
         (self.run_dir / records.ACTORS_FILE).write_text(json.dumps(where, indent=2))
 
     def summary(self, summary: dict[str, Any]) -> None:
-        (self.run_dir / records.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        path = self.run_dir / records.SUMMARY_FILE
+        with disk_full_aborts(path, "the run's summary", self._left_after_full_disk()):
+            path.write_text(json.dumps(summary, indent=2))
 
     def metrics(self, interval: Interval, *, elapsed_s: float, frames: int, total_frames: int, env_steps: int,
                 updates: int, episodes: int, task: int, game: str, epsilon: float, replay_size: int,
@@ -111,8 +128,7 @@ class RunWriter:
             ewc_penalty=interval.ewc_penalty, skipped_nonfinite=interval.skipped_nonfinite,
             ewc_grad_ratio=interval.ewc_grad_ratio,
         )
-        self.metrics_file.write(json.dumps(line.to_json()) + "\n")
-        self.metrics_file.flush()
+        self._append(self.metrics_file, records.METRICS_FILE, line.to_json(), "a metrics line")
         for g, value in returns.items():
             self.scalar(f"episode_return/{g}", value, frames)
             normalized = scores.normalized(g, value)
@@ -128,7 +144,9 @@ class RunWriter:
                    **extra_scalars}
         for tag, value in scalars.items():
             self.scalar(tag, value, frames)
-        self.tensorboard.flush()
+        with disk_full_aborts(self.run_dir / records.TENSORBOARD_DIR / "events", "TensorBoard events",
+                              self._left_after_full_disk()):
+            self.tensorboard.flush()
         ret = f"{line.episode_return:.1f}" if line.episode_return is not None else "-"
         loss = f"{line.loss:.4f}" if line.loss is not None else "-"
         self.say(f"{game} (task {task}) frames {frames:,}/{total_frames:,} | {line.env_steps_per_s:.0f} steps/s | "
@@ -146,8 +164,7 @@ class RunWriter:
             if evaluation.normalized[game] is not None:
                 self.scalar(f"eval/{game}/normalized", evaluation.normalized[game], frames)
         self.scalar("eval/capped_normalized_sum", evaluation.capped_sum, frames)
-        self.eval_file.write(json.dumps(evaluation.to_json()) + "\n")
-        self.eval_file.flush()
+        self._append(self.eval_file, records.EVAL_FILE, evaluation.to_json(), "an evaluation round")
         summary = ", ".join(f"{g} {v:.1f}{plus_minus(evaluation.stderr(g))}" for g, v in evaluation.scores.items())
         self.say(f"eval ({evaluation.kind}) at {frames:,} frames: {summary} "
                  f"(capped normalised sum {evaluation.capped_sum:.2f})")

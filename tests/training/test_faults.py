@@ -1,4 +1,5 @@
-"""Faults in real runs: an env actor killed with SIGKILL, the driver killed and resumed, a diverging loss."""
+"""Faults in real runs: an env actor killed with SIGKILL, the driver killed and resumed (by hand and with
+--resume auto), a diverging loss, a killed learner, a full disk."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 
 FAST = [
@@ -136,3 +139,36 @@ def test_resume_auto_continues_a_run_of_the_same_config_and_refuses_another(tiny
     assert same.returncode == 0, same.stderr[-3000:]
     assert "resumed from" in same.stderr and not (tmp_path / "tiny-2").exists()
     assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["resumes"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB file system (tmpfs) for a run to fill; skipped where this process may not mount one."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_message_and_keeps_its_last_checkpoint(train, small_disk, ray_command):
+    from tests.conftest import ROOT
+
+    proc = train(small_disk, ["run_name=full", "logging.log_every_s=0.5", "logging.checkpoint_every_s=2"],
+                 config=ROOT / "configs" / "minatar_quick.yaml", extra_args=["--no-report"], timeout=400)
+    run_dir = small_disk / "full"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and f"the disk holding {run_dir}" in message and "is full" in message
+    assert "could not write" in message and "--resume" in message  # what it was writing, and what to do
+    for name in ("metrics.jsonl", "eval.jsonl"):  # valid line by line, but for at most a last partial line
+        lines = (run_dir / name).read_text().splitlines()
+        for line in lines[:-1]:
+            json.loads(line)
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # no partial checkpoint left taking the space
+    played = ray_command("eval", "--checkpoint", str(run_dir), "--episodes", "1", timeout=300)
+    assert played.returncode == 0, played.stderr[-2000:]
