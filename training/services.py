@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from agents.dqn.consolidation import Anchors, ConsolidationInputs
 from agents.dqn.fisher import fisher_batch
 from agents.dqn.learning import Learner
-from agents.replay import TaskReplay, TransitionChunk
+from agents.replay import Batch, TaskReplay, TransitionChunk
 from common.errors import UsageError
 from fmn import ForgetMeNot
 from training.config import RunConfig
@@ -74,6 +75,7 @@ class LearnerService:
         self.confusion: dict[str, dict[int, int]] = {}
         self.task_updates: dict[int, int] = {}  # updates trained per task
         self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed
+        self._rehearsal_rng = np.random.default_rng([config.seed, 1])
 
     def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> AddResult:
         """Store an actor's chunks in their task's buffer; returns the task, its buffer size and readiness.
@@ -126,8 +128,8 @@ class LearnerService:
             self._penalty_reported = started
         metrics: dict[str, float] = {}
         for i in range(num_updates):
-            batch = self.replay.sample(task, self.config.agent.batch_size)
-            metrics = self.learner.update(batch, task, report_penalty=report and i == num_updates - 1)
+            batch, tasks = self.minibatch(task)
+            metrics = self.learner.update(batch, tasks, report_penalty=report and i == num_updates - 1)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         self.task_updates[task] = self.task_updates.get(task, 0) + num_updates
@@ -143,6 +145,26 @@ class LearnerService:
             train_s=time.perf_counter() - started,
             train_cpu_s=time.process_time() - cpu_started,
         )
+
+    def minibatch(self, task: int) -> tuple[Batch, int | Tensor]:
+        """A minibatch for an update on `task`, and the task id of its samples (one, or one per sample).
+
+        With `agent.rehearsal_share` (CLEAR-style rehearsal) that share of it is drawn from the earlier
+        tasks' buffers, the task of each sample uniformly among those that are ready; each sample is
+        trained with its own task's gains and biases.
+        """
+        agent = self.config.agent
+        earlier = [t for t in self.replay.tasks if t != task and self.replay.ready(t, agent.learning_starts, 1)]
+        rehearsed = round(agent.rehearsal_share * agent.batch_size) if earlier else 0
+        if not rehearsed:
+            return self.replay.sample(task, agent.batch_size), task
+        picks = self._rehearsal_rng.choice(earlier, size=rehearsed)
+        parts, ids = [self.replay.sample(task, agent.batch_size - rehearsed)], [task] * (agent.batch_size - rehearsed)
+        for old in sorted(set(picks.tolist())):
+            count = int((picks == old).sum())
+            parts.append(self.replay.sample(old, count))
+            ids += [old] * count
+        return Batch.concatenate(parts), torch.as_tensor(ids, device=self.learner.device)
 
     def weights(self) -> dict[str, Tensor]:
         return self.learner.weights()

@@ -34,6 +34,9 @@ class DQNConfig:
     update_period: int = 4  # agent steps per learner update
     learning_starts: int = 50_000  # transitions in a task's buffer before it is trained on
     replay_capacity: int = 500_000  # transitions per task (the paper also mentions 50k)
+    # CLEAR-style rehearsal: this share of every minibatch comes from the earlier tasks' buffers (each sample
+    # trained with its own task's gains and biases); the buffers exist anyway, so it costs no memory. 0: off
+    rehearsal_share: float = 0.0
     # EWC
     ewc_enabled: bool = True  # False: plain DQN baseline (the penalty never counts)
     ewc_lambda: float = 400.0
@@ -57,5 +60,7 @@ class DQNConfig:
         for name in counts:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.rehearsal_share < 1.0:
+            raise UsageError(f"rehearsal_share must lie in [0, 1), got {self.rehearsal_share}")
         if not 1 <= self.n_step <= MAX_N_STEP:
             raise UsageError(f"n_step must lie in [1, {MAX_N_STEP}], got {self.n_step}")

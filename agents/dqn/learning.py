@@ -84,8 +84,8 @@ class Learner:
 
     # ---- training ------------------------------------------------------------------------
 
-    def update(self, batch: Batch | TensorBatch, task: int, *, report_penalty: bool = True) -> dict[str, float]:
-        """One RMSProp step on the TD loss (+ EWC penalty when active). Returns metrics."""
+    def update(self, batch: Batch | TensorBatch, task: int | Tensor, *, report_penalty: bool = True) -> dict[str, float]:
+        """One RMSProp step on the TD loss (+ EWC penalty when active); `task`: the batch's task, or one per sample. Returns metrics."""
         tensors = to_tensors(batch, self.device, self.config.network.num_actions)
         td, grads, grad_norm = self.td_gradient(tensors, task)
         # The penalty's gradient in closed form (no autograd graph over 6.5M weights), added inside the
@@ -131,7 +131,7 @@ class Learner:
             "updates": self.num_updates,
         }
 
-    def td_gradient(self, tensors: TensorBatch, task: int) -> tuple[TDLoss, list[Tensor], Tensor]:
+    def td_gradient(self, tensors: TensorBatch, task: int | Tensor) -> tuple[TDLoss, list[Tensor], Tensor]:
         """The Double-DQN loss on `tensors` and its gradient, left in the online weights' `.grad`.
 
         Returns the loss terms, the gradients and their global norm (a device tensor: reading it

@@ -80,7 +80,7 @@ def double_dqn_targets(
     terminals: Tensor,
     discounts: Tensor,
     next_states: Tensor,
-    task: int,
+    task: int | Tensor,
 ) -> Tensor:
     """y = r + discount (1 - terminal) Q_target(s', argmax_a Q_online(s', a))."""
     next_actions = online(next_states, task).argmax(dim=1, keepdim=True)
@@ -88,7 +88,7 @@ def double_dqn_targets(
     return rewards + discounts * (1.0 - terminals) * next_values
 
 
-def q_taken_and_targets(online: nn.Module, target: nn.Module, batch: TensorBatch, task: int) -> tuple[Tensor, Tensor]:
+def q_taken_and_targets(online: nn.Module, target: nn.Module, batch: TensorBatch, task: int | Tensor) -> tuple[Tensor, Tensor]:
     """Q_online(s, a) and the Double-DQN targets y: the update's forward passes."""
     q_taken = online(batch.states, task).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     targets = double_dqn_targets(
@@ -111,7 +111,7 @@ class TDLoss(NamedTuple):
 
 
 def double_dqn_loss(
-    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int, huber_delta: float = 1.0
+    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int | Tensor, huber_delta: float = 1.0
 ) -> TDLoss:
     """The mean Huber loss of a batch on `task`, with Q(s, a) and y (what the learner's metrics read)."""
     q_taken, targets = q_taken_and_targets(online, target, batch, task)

@@ -144,3 +144,21 @@ def test_an_explicit_strategy_must_agree_with_ewc_enabled():
     with pytest.raises(UsageError, match="strategy 'reset' with agent.ewc_enabled: true"):
         load_config(ROOT / "configs" / "minatar.yaml", ["strategy=reset"])
     assert load_config(ROOT / "configs" / "minatar.yaml", ["strategy=reset", "agent.ewc_enabled=false"]).strategy == "reset"
+
+
+def test_rehearsal_mixes_the_earlier_tasks_into_each_minibatch_with_their_own_task_ids(config):
+    rehearsing = dataclasses.replace(config, agent=dataclasses.replace(config.agent, rehearsal_share=0.25))
+    learner = LearnerService(rehearsing)
+    runner = EnvRunner(0, 1, config.agent.network, config.env, seed=1)
+    runner.set_game("Pong", 0)
+    learner.add(0, runner.collect(60, epsilon=1.0).chunks)
+    batch, tasks = learner.minibatch(0)
+    assert tasks == 0 and len(batch) == config.agent.batch_size  # no earlier task yet: the task's own batch
+    runner.set_game("Breakout", 1)
+    learner.add(1, runner.collect(60, epsilon=1.0).chunks)
+    batch, tasks = learner.minibatch(1)
+    assert len(batch) == config.agent.batch_size and tasks.tolist() == [1] * 24 + [0] * 8  # 0.25 of 32 from task 0
+    result = learner.train(1, 2)  # trains with one task id per sample
+    assert result.updates == 2 and learner.updates_per_task() == {1: 2}
+    with pytest.raises(UsageError, match="rehearsal_share"):
+        dataclasses.replace(config.agent, rehearsal_share=1.0)
