@@ -5,10 +5,15 @@ one of `SLOW_FIXTURES` (each starts Ray or trains), and it is marked so here, fr
 a new test cannot slip into the fast tier by forgetting a mark; a fast test that starts Ray anyway
 fails at once (the fast tier sets `FORBID_RAY_ENV`, which `training.cluster.init_ray` honours).
 A test that is slow for another reason says so itself with `@pytest.mark.slow`.
+
+The slow tests share one Ray head (`ray_head`): every `run.py` subprocess and in-process trainer joins
+it through RAY_ADDRESS, as a Ray job's driver does, instead of starting and stopping a Ray of its own.
+Tests of clusters themselves (tests/training/test_cluster.py) start their own nodes.
 """
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.cluster import FORBID_RAY_ENV
+from tests.ray_nodes import RAY, free_port, kill_all, own_agent_port
+from training.cluster import FORBID_RAY_ENV, set_ray_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command", "local_ray"}
+SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command", "local_ray",
+                 "ray_head"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -91,8 +98,28 @@ def run_command(*args: str, timeout: float = 600, wait: bool = True) -> subproce
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One Ray head (2 CPUs, token authentication on) that the session's slow tests join: a test's run ends
+    by stopping its actors, so the next one finds the head's CPUs free."""
+    temp_dir = str(tmp_path_factory.mktemp("ray"))  # every process of this head names it: our teardown key
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        set_ray_environment()
+        try:
+            subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                            "--include-dashboard=false", *own_agent_port(), "--disable-usage-stats"],
+                           check=True, capture_output=True, timeout=120)
+            patch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+            yield f"127.0.0.1:{port}"
+        finally:
+            kill_all(temp_dir)
+
+
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(ray_head):
     """One local Ray instance in this process for a module's in-process trainers (each `run.py train` would
     start and stop its own)."""
     import ray
@@ -105,19 +132,19 @@ def local_ray():
 
 
 @pytest.fixture
-def train():
+def train(ray_head):
     """`run_train` for a test: training starts Ray, so the test is in the slow tier."""
     return run_train
 
 
 @pytest.fixture
-def ray_command():
+def ray_command(ray_head):
     """`run_command` for a command that starts Ray (train, bench, sweep, a resume): the test is in the slow tier."""
     return run_command
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, ray_head) -> Path:
     """The run directory of a finished tiny smoke run (config.yaml, metrics.jsonl, eval.jsonl, checkpoints/, ...)."""
     logdir = tmp_path_factory.mktemp("runs")
     proc = run_train(logdir, TINY_RUN_OVERRIDES)

@@ -20,7 +20,7 @@ SMALL = ["schedule.frames_per_visit=1500", "agent.learning_starts=300", "agent.r
 
 
 @pytest.fixture(scope="module")
-def minatar_run(tmp_path_factory):
+def minatar_run(tmp_path_factory, ray_head):
     logdir = tmp_path_factory.mktemp("runs")
     proc = run_train(logdir, ["run_name=mini", *SMALL], config=QUICK)
     assert proc.returncode == 0, proc.stderr[-4000:]
