@@ -55,7 +55,7 @@ NEVER_WRITTEN = -2  # `previous` of a slot that holds nothing yet
 NOT_FOLLOWED = -1  # `following` of a frame whose episode has no later frame stored (yet)
 MAX_ACTIONS = 256  # actions are stored as uint8
 MAX_REJECTION_ROUNDS = 1000  # redraws of unsampleable indices before giving up
-_ARRAY_NAMES = ("frames", "previous", "actions", "rewards", "terminals")  # per-slot storage
+SLOT_ARRAYS = ("frames", "previous", "actions", "rewards", "terminals")  # per-slot storage, saved in checkpoints
 
 
 @dataclass
@@ -437,49 +437,85 @@ class FrameReplay:
 
     # ---- checkpoints ---------------------------------------------------------------------
 
+    def header(self) -> dict[str, Any]:
+        """What a saved buffer needs besides its slots: its layout, counters, open episodes, sampling stream
+        (and, for the reader, the transitions it holds)."""
+        return {"capacity": self.capacity, "frame_shape": self.frame_shape, "stack": self.stack,
+                "num_writes": self._num_writes, "transitions": len(self), "open_episodes": dict(self._open_episodes),
+                "rng": self._rng.bit_generator.state}
+
+    def live_writes(self) -> tuple[int, int]:
+        """The write numbers the buffer still holds: [first, stop)."""
+        return max(0, self._num_writes - self.capacity), self._num_writes
+
+    def slots(self, first: int, stop: int) -> dict[str, np.ndarray]:
+        """Copies of the slots of writes [first, stop), in write order (all must still be held)."""
+        held = self.live_writes()
+        if not held[0] <= first <= stop <= held[1]:
+            raise UsageError(f"writes [{first}, {stop}) are not all held (the buffer holds [{held[0]}, {held[1]}))")
+        index = np.arange(first, stop) % self.capacity
+        return {name: getattr(self, f"_{name}")[index] for name in SLOT_ARRAYS}
+
+    def export(self, saved_upto: int, chunk_slots: int) -> ReplayExport:
+        """What a checkpoint adds: the complete chunks of `chunk_slots` writes from `saved_upto` on (the
+        first one cut at the oldest write still held), and the writes after the last complete chunk."""
+        first, stop = self.live_writes()
+        boundary = stop // chunk_slots * chunk_slots
+        start, chunks = max(saved_upto, first), []
+        while start < boundary:
+            end = (start // chunk_slots + 1) * chunk_slots
+            chunks.append((start, self.slots(start, end)))
+            start = end
+        tail = max(boundary, first)
+        return ReplayExport(self.header(), chunks, (tail, self.slots(tail, stop)))
+
     def state_dict(self) -> dict[str, Any]:
-        """The buffer's contents (views of the written part: serialise before adding more)."""
-        used = min(self._num_writes, self.capacity)
-        return {
-            "capacity": self.capacity,
-            "frame_shape": self.frame_shape,
-            "stack": self.stack,
-            "num_writes": self._num_writes,
-            "frames": self._frames[:used],
-            "previous": self._previous[:used],
-            "actions": self._actions[:used],
-            "rewards": self._rewards[:used],
-            "terminals": self._terminals[:used],
-            "open_episodes": dict(self._open_episodes),
-            "rng": self._rng.bit_generator.state,
-        }
+        """The whole buffer: its header and one piece holding every write it still holds."""
+        first, stop = self.live_writes()
+        return {"header": self.header(), "pieces": [(first, self.slots(first, stop))]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Refill from a header and pieces ((first write, slots) pairs) that cover every write it held."""
         try:
-            layout = (int(state["capacity"]), tuple(state["frame_shape"]), int(state["stack"]))
-            num_writes = int(state["num_writes"])
-            arrays = {name: np.asarray(state[name]) for name in _ARRAY_NAMES}
-            open_episodes, rng_state = dict(state["open_episodes"]), state["rng"]
+            header, pieces = state["header"], list(state["pieces"])
+            layout = (int(header["capacity"]), tuple(header["frame_shape"]), int(header["stack"]))
+            num_writes = int(header["num_writes"])
+            open_episodes, rng_state = dict(header["open_episodes"]), header["rng"]
+            pieces = [(int(first), {name: np.asarray(arrays[name]) for name in SLOT_ARRAYS}) for first, arrays in pieces]
         except (KeyError, TypeError, ValueError) as err:
             raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
         if layout != (self.capacity, self.frame_shape, self.stack):
             raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has "
                              f"{(self.capacity, self.frame_shape, self.stack)}")
-        used = min(num_writes, self.capacity)
-        if any(len(a) != used for a in arrays.values()):
-            raise UsageError(f"replay state arrays must hold {used} slots")
-        for name, array in arrays.items():
-            target = getattr(self, f"_{name}")
-            target[:used] = array
-            target[used:] = NEVER_WRITTEN if name == "previous" else 0
+        first, stop = max(0, num_writes - self.capacity), num_writes
+        covered = np.zeros(stop - first, dtype=bool)
+        self._previous[:] = NEVER_WRITTEN
+        for start, arrays in pieces:
+            writes = np.arange(start, start + len(arrays["frames"]))
+            held = (writes >= first) & (writes < stop)
+            for name in SLOT_ARRAYS:
+                getattr(self, f"_{name}")[writes[held] % self.capacity] = arrays[name][held]
+            covered[writes[held] - first] = True
+        if not covered.all():
+            raise UsageError(f"the saved replay misses {int(np.count_nonzero(~covered))} of the writes "
+                             f"[{first}, {stop}) it held")
         self._num_writes = num_writes
         self._num_transitions = int(np.count_nonzero(self._previous >= 0))
         if self._following is not None:  # not saved: the backward links say it all
             self._following[:] = NOT_FOLLOWED
-            writes = np.arange(max(0, num_writes - self.capacity), num_writes)
+            writes = np.arange(first, stop)
             self._link_forward(writes, self._previous[writes % self.capacity])
         self._open_episodes = open_episodes
         self._rng.bit_generator.state = rng_state
+
+
+@dataclass
+class ReplayExport:
+    """What one checkpoint adds for one buffer (`FrameReplay.export`)."""
+
+    header: dict[str, Any]  # `FrameReplay.header()`
+    chunks: list[tuple[int, dict[str, np.ndarray]]]  # (first write, slots) of each complete chunk not saved before
+    tail: tuple[int, dict[str, np.ndarray]]  # the writes after the last complete chunk
 
 
 class TaskReplay:
@@ -552,6 +588,10 @@ class TaskReplay:
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffers": {task: buf.state_dict() for task, buf in self._buffers.items()}}
+
+    def export(self, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
+        """`FrameReplay.export` of every task's buffer; `saved_upto` says where each one's saved chunks end."""
+        return {task: buf.export(saved_upto.get(task, 0), chunk_slots) for task, buf in self._buffers.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         try:

@@ -13,6 +13,7 @@ Tests of clusters themselves (tests/training/test_cluster.py) start their own no
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from tests.ray_nodes import RAY, free_port, kill_all, own_agent_port
 from training.cluster import FORBID_RAY_ENV, set_ray_environment
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shared head's token, set before any test module imports Ray (which reads the authentication mode once).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 SLOW_FIXTURES = {"tiny_run", "minatar_run", "two_node_cluster", "job_head", "train", "ray_command", "local_ray",
                  "ray_head"}
 
@@ -105,8 +109,6 @@ def ray_head(tmp_path_factory):
     temp_dir = str(tmp_path_factory.mktemp("ray"))  # every process of this head names it: our teardown key
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "token")
-        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         set_ray_environment()
         try:
             subprocess.run([*RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",

@@ -14,6 +14,7 @@ Layout: `make_state` writes it and the accessors below read it (`policy`, `task_
     current_task   the task being trained
     learner        `LearnerService.state_dict()`: {"learner": Learner state, "confusion", ...}
     consolidation  `ConsolidationService.state_dict()`: {"terms": {task: (fisher, anchors)}, ...}
+    replay         the manifest of the replay files beside it (`training.replay_files`), or None
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from typing import Any
 
 import torch
 
+from agents.replay import ReplayExport
 from common.errors import UsageError, disk_full_aborts
+from training.replay_files import ReplayFiles
 
 PREFIX, SUFFIX = "ckpt_", ".pt"
 LAYOUT = {"config", "counters", "epsilon", "task_ids", "current_task", "learner", "consolidation"}
@@ -41,13 +44,21 @@ def free_bytes(directory: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int) -> Path:
+def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int,
+         replay: tuple[ReplayFiles, Mapping[int, ReplayExport]] | None = None) -> Path:
+    """Write a checkpoint: first what `replay` (the run's replay files, what the buffers added) adds to
+    the replay files, then the checkpoint file naming them; then drop what the last `keep` do not need."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{PREFIX}{frames:012d}{SUFFIX}"
     temporary = path.with_suffix(".tmp")
     kept = list_checkpoints(directory)
     after = (f"; the newest complete checkpoint is {kept[-1].name}: free space, then continue with "
              f"`python run.py train --resume {directory.parent}`" if kept else "; no checkpoint was complete yet")
+    state["replay"] = None
+    if replay is not None:
+        files, exports = replay
+        with disk_full_aborts(files.directory / "task*.npz", "the replay buffers of a checkpoint", after):
+            state["replay"] = files.write(exports, frames)
     try:
         with disk_full_aborts(path, "a checkpoint", after), open(temporary, "wb") as handle:
             try:
@@ -64,6 +75,8 @@ def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int) -> P
     os.replace(temporary, path)  # atomic: a reader sees the old file or the whole new one
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+    if replay is not None:
+        replay[0].prune(int(p.name[len(PREFIX):-len(SUFFIX)]) for p in list_checkpoints(directory))
     return path
 
 
@@ -131,7 +144,7 @@ def num_updates(state: Mapping[str, Any]) -> int:
 
 
 def has_replay(state: Mapping[str, Any]) -> bool:
-    return "replay" in state["learner"]
+    return bool(state.get("replay"))
 
 
 def task_fisher(state: Mapping[str, Any], task: int) -> dict[str, Any] | None:

@@ -71,7 +71,8 @@ class LoggingConfig:
     log_every_s: float = 10.0
     checkpoint_every_s: float = 600.0
     keep_checkpoints: int = 3
-    checkpoint_replay: bool = False  # also save the replay buffers (about 7 KB per stored transition)
+    checkpoint_replay: bool = True  # checkpoints keep the replay buffers (where the disk has room for them)
+    replay_chunk: int = 10_000  # writes per replay file: a checkpoint writes only the files filled since the last
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ _POSITIVE = {
     "fmn.downscale", "fmn.levels", "fmn.prior", "actors.num_env_actors",
     "actors.envs_per_actor", "actors.chunk_steps", "actors.weight_sync_updates", "actors.cpus_per_actor",
     "actors.learner_cpus", "eval.episodes", "eval.max_episode_frames", "logging.log_every_s", "agent.network.frame_stack",
-    "logging.checkpoint_every_s", "logging.keep_checkpoints", "agent.max_nonfinite_in_a_row",
+    "logging.checkpoint_every_s", "logging.keep_checkpoints", "logging.replay_chunk", "agent.max_nonfinite_in_a_row",
 }
 _NON_NEGATIVE = {
     "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",

@@ -19,13 +19,14 @@ import ray
 
 from agents.dqn.actor import CollectResult
 from common.errors import RunAborted
-from training import checkpoint, records
-from training.config import RunConfig, config_to_dict
+from training import records
+from training.config import RunConfig
 from training.evaluation import EvalRounds
 from training.feeding import Feeder
 from training.hooks import TrainerHook
 from training.placement import Actors, actor_failures_abort_the_run, start_actors
 from training.progress import RunProgress
+from training.run_checkpoints import RunCheckpoints
 from training.run_writer import Interval, RunWriter
 from training.schedule import Visit
 from training.services import AddResult, TrainResult
@@ -56,8 +57,9 @@ class Trainer:
 
     def run(self, resume_state: dict | None = None) -> dict[str, Any]:
         self.writer.open(self.config)
+        self.checkpoints = RunCheckpoints(self)
         try:
-            with actor_failures_abort_the_run(self._resume_hint):
+            with actor_failures_abort_the_run(self.checkpoints.resume_hint):
                 self.actors = start_actors(self.config, self.strategy.actors(self.config))
                 self.writer.placement(self.actors.where)
                 self.say(f"actors started on {len({p['node_id'] for p in self.actors.where.values()})} node(s); "
@@ -66,7 +68,7 @@ class Trainer:
                                      on_add=self._on_add, on_train=self._on_train)
                 self.evals = EvalRounds(self.config, self.actors, self.progress, self.say)
                 if resume_state is not None:
-                    self._restore(resume_state)
+                    self.checkpoints.restore(resume_state)
                 for hook in self.hooks:
                     hook.after_start(self)
                 return self._loop()
@@ -74,9 +76,6 @@ class Trainer:
             self.writer.close()
             if self.actors is not None:
                 self.actors.stop()
-
-    def _resume_hint(self) -> str:
-        return checkpoint.resume_hint(self.run_dir / records.CHECKPOINT_DIR, self.run_dir)
 
     def _loop(self) -> dict[str, Any]:
         cfg, progress, feeder = self.config, self.progress, self.feeder
@@ -120,7 +119,7 @@ class Trainer:
                 self._log()
                 last_log = now
             if now - last_checkpoint >= cfg.logging.checkpoint_every_s:
-                self._checkpoint()
+                self.checkpoints.save()
                 last_checkpoint = now
         return self._finish(completed=stop_reason is None)
 
@@ -135,7 +134,7 @@ class Trainer:
             self.evals.start("final")
             self._on_eval(self.evals.finish())
         self._log()
-        path = self._checkpoint()
+        path = self.checkpoints.save()
         self.progress.task_ids.finish(ray.get(learner.fmn_confusion.remote()), self.run_dir,
                                       lambda tag, text: self.writer.text(tag, text, counters.frames), self.say)
         summary = self.progress.summary(
@@ -177,7 +176,7 @@ class Trainer:
         self.progress.begin_visit(visit)
         self.feeder.set_game()
         self._announce_visit()
-        self._checkpoint()
+        self.checkpoints.save()
 
     # ---- what comes back ---------------------------------------------------------------------
 
@@ -211,7 +210,7 @@ class Trainer:
                      f"({result.nonfinite_in_a_row} in a row)")
         diverged = result.divergence(self.config.agent.max_nonfinite_in_a_row)
         if diverged:
-            raise RunAborted(f"{diverged} {self._resume_hint()}")
+            raise RunAborted(f"{diverged} {self.checkpoints.resume_hint()}")
 
     def _on_eval(self, evaluation: records.EvalRound | None) -> None:
         if evaluation is None:  # the round is still running, or there was none
@@ -224,26 +223,3 @@ class Trainer:
     def _log(self) -> None:
         self.writer.metrics(self.progress.interval, **self.progress.log_fields())
         self.progress.interval = Interval()
-
-    # ---- checkpoints ------------------------------------------------------------------------
-
-    def _checkpoint(self) -> Path:
-        cfg, frames = self.config, self.progress.counters.frames
-        learner = ray.get(self.actors.learner.state_dict.remote(cfg.logging.checkpoint_replay))
-        state = checkpoint.make_state(config=config_to_dict(cfg), **self.progress.state_dict(), learner=learner,
-                                      consolidation=self.strategy.state_dict())
-        return checkpoint.save(self.run_dir / records.CHECKPOINT_DIR, state, frames, keep=cfg.logging.keep_checkpoints)
-
-    def _restore(self, state: dict) -> None:
-        """Continue a run from a checkpoint: counters, schedule position, epsilon timers, learner, strategy."""
-        ray.get(self.actors.learner.load_state_dict.remote(state["learner"]))
-        self.strategy.load_state_dict(state["consolidation"])
-        self.progress.load_state_dict(state, checkpoint.num_updates(state))
-        counters = self.progress.counters
-        for actor in self.actors.env:  # fresh exploration streams, not a replay of the first run's
-            actor.reseed.remote(self.config.seed, counters.resumes)
-        self.say(f"resumed from {counters.frames:,} frames, {self.progress.pacing.updates_done:,} updates, "
-                 f"at visit {counters.visit_index + 1} ({self.progress.visit.game})")
-        if not checkpoint.has_replay(state):
-            self.say("the replay buffers were not saved with the checkpoint (logging.checkpoint_replay: false): "
-                     "refilling them; learning resumes once the current task's buffer holds agent.learning_starts transitions")

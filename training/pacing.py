@@ -8,8 +8,8 @@ benchmark share this arithmetic instead of each recomputing it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from agents.dqn.consolidation import Anchors, ConsolidationInputs
 from agents.dqn.fisher import fisher_batch
 from agents.dqn.learning import Learner
-from agents.replay import Batch, TaskReplay, TransitionChunk
+from agents.replay import Batch, ReplayExport, TaskReplay, TransitionChunk
 from common.errors import UsageError
 from fmn import ForgetMeNot
 from training.config import RunConfig
@@ -201,14 +201,17 @@ class LearnerService:
         """Frames per (true game, inferred task) so far; empty without forget-me-not."""
         return {game: dict(row) for game, row in self.confusion.items()}
 
-    def state_dict(self, include_replay: bool = False) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the replay, which checkpoints save apart (`replay_export`)."""
         state = {"learner": self.learner.state_dict(), "confusion": self.fmn_confusion(),
                  "updates_per_task": self.updates_per_task()}
         if self.fmn is not None:
             state["fmn"] = self.fmn.state_dict()
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
         return state
+
+    def replay_export(self, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
+        """What a checkpoint adds to the saved replay (`agents.replay.TaskReplay.export`)."""
+        return self.replay.export(saved_upto, chunk_slots)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.errors import UsageError
 import run
+from common.errors import UsageError
 from training.config import EXTENDS_KEY, config_from_dict, config_to_dict, load_config, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

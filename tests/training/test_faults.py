@@ -2,15 +2,16 @@
 --resume auto), a diverging loss, a killed learner, a full disk."""
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-
 
 FAST = [
     "schedule.frames_per_visit=3000", "agent.learning_starts=200", "agent.replay_capacity=3000",
@@ -59,7 +60,7 @@ def test_killed_env_actor_is_restarted_and_the_run_goes_on(train, tmp_path):
 
 def test_killed_driver_resumes_from_its_checkpoint(train, ray_command, tmp_path):
     proc = train(tmp_path, ["run_name=resume", *FAST, "schedule.frames_per_visit=4000",
-                            "logging.checkpoint_every_s=2"], wait=False)
+                            "logging.checkpoint_every_s=2", "logging.replay_chunk=500"], wait=False)
     run_dir = tmp_path / "resume"
     checkpoints = run_dir / "checkpoints"
     try:
@@ -77,13 +78,19 @@ def test_killed_driver_resumes_from_its_checkpoint(train, ray_command, tmp_path)
     resumed = ray_command("train", "--resume", str(run_dir), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {saved['frames']:,} frames" in resumed.stderr
-    assert "refilling them" in resumed.stderr  # replay was not saved: it says so
+    # the replay buffers come back as the checkpoint saved them (each buffer wrapped: capacity 3000 per task)
+    restored = re.search(r"replay restored: (\{.*\}) transitions per task", resumed.stderr)
+    assert restored, resumed.stderr[-3000:]
+    saved_sizes = {task: entry["header"]["transitions"] for task, entry in state["replay"].items()}
+    assert ast.literal_eval(restored[1]) == saved_sizes and saved_sizes[0] > 2000
     after = metrics(run_dir)[len(before):]
     # counters continue from the checkpoint instead of restarting at zero
     assert after[0]["env_steps"] >= saved["steps"] and after[0]["updates"] >= saved["updates_done"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] and summary["resumes"] == 1 and summary["frames"] >= 16_000
     _, final = checkpoint.load_latest(checkpoints)
+    kept = set(final["replay"][0]["files"]) | set(final["replay"][1]["files"])
+    assert len(kept) > 4 and kept <= {p.name for p in (checkpoints / "replay").iterdir()}
     assert final["counters"]["visit_index"] == 3 and final["epsilon"]["steps"][0] >= state["epsilon"]["steps"][0]
 
 

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from agents.dqn.actor import EnvRunner
+from agents.dqn.consolidation import Consolidation
 from agents.dqn.networks import shared_parameter_names
 from common.errors import UsageError
 from tests.conftest import ROOT
 from training.config import load_config
-from agents.dqn.consolidation import Consolidation
+from training.replay_files import ReplayFiles
 from training.services import AddResult, LearnerService
 
 
@@ -93,16 +95,20 @@ def test_learner_refuses_to_train_a_task_before_its_buffer_is_ready(config):
     assert learner.train(0, 2).updates == 2 and learner.updates_per_task() == {0: 2}
 
 
-def test_learner_state_round_trip_with_replay(config):
+def test_learner_state_round_trip_with_replay_through_its_files(config, tmp_path):
     learner = LearnerService(config)
     runner = EnvRunner(0, 1, config.agent.network, config.env, seed=4)
     runner.set_game("Pong", 0)
     learner.add(0, runner.collect(60, epsilon=1.0).chunks)
     learner.train(0, 2)
-    state = learner.state_dict(include_replay=True)
+    files = ReplayFiles(tmp_path, capacity=config.agent.replay_capacity, chunk_slots=25)
+    state = {**learner.state_dict(), "replay": files.read(files.write(learner.replay_export({}, 25), frames=60))}
     restored = LearnerService(config)
     restored.load_state_dict(state)
     assert restored.replay_sizes() == learner.replay_sizes() == {0: 60}
+    got, want = restored.replay.sample(0, 16), learner.replay.sample(0, 16)
+    for field in dataclasses.fields(got):
+        np.testing.assert_array_equal(getattr(got, field.name), getattr(want, field.name))  # the same slots and the same sampling stream
     assert restored.learner.num_updates == 2
     for name, value in learner.weights().items():
         torch.testing.assert_close(restored.weights()[name], value)

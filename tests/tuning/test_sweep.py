@@ -1,16 +1,22 @@
-"""`run.py sweep`: a real two-trial Ray Tune sweep on a tiny MinAtar config, its ranking, report and resume."""
+"""`run.py sweep`: a real two-trial Ray Tune sweep on a tiny MinAtar config, a trial retried after its learner
+is killed, the ranking, report and resume."""
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from common.errors import UsageError
 from tests.conftest import ROOT, run_command
 from training.config import load_config
+from training.records import ACTORS_FILE
 from tuning.sweep import (
     combinations,
     mean_and_error,
@@ -21,7 +27,7 @@ from tuning.sweep import (
     trial_name,
 )
 
-TINY = ["schedule.frames_per_visit=1000", "schedule.repeats=1", "agent.learning_starts=200",
+TINY = ["schedule.frames_per_visit=1500", "schedule.repeats=1", "agent.learning_starts=200",
         "agent.replay_capacity=2000", "agent.ewc_min_frames=1000", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
         "actors.cpus_per_actor=0.25", "logging.log_every_s=2"]
 
@@ -72,14 +78,33 @@ def test_a_trial_that_could_never_start_is_refused():
     assert trial_bundles(config, cluster_has_gpu=True)[1] == {"CPU": 1.0, "GPU": 1}  # device: auto takes the GPU
 
 
-def test_a_two_trial_sweep_runs_ranks_reports_and_resumes(ray_command, tmp_path):
+def kill_the_first_learner_after_its_first_visit(trials: Path, sweep: subprocess.Popen) -> str:
+    """SIGKILL the learner of the first trial to checkpoint its second visit; the trial's name."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweep.poll() is None:
+        for run_dir in trials.glob("*"):
+            if list((run_dir / "checkpoints").glob("ckpt_00000000[1-9]*.pt")) and (run_dir / ACTORS_FILE).is_file():
+                os.kill(json.loads((run_dir / ACTORS_FILE).read_text())["learner"]["pid"], signal.SIGKILL)
+                return run_dir.name
+        time.sleep(0.2)
+    raise AssertionError(f"no trial checkpointed a second visit: {sweep.communicate()[1][-3000:]}")
+
+
+def test_a_two_trial_sweep_runs_retries_ranks_reports_and_resumes(ray_command, tmp_path):
     args = ["--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--grid", "agent.ewc_lambda=0,1000",
             "--seeds", "1", "--logdir", str(tmp_path), "--name", "tiny", "--max-concurrent", "1"]
     for override in TINY:
         args += ["--set", override]
-    proc = ray_command("sweep", *args, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
     sweep_dir = tmp_path / "tiny"
+    sweep = ray_command("sweep", *args, wait=False)
+    try:  # a trial whose learner dies is retried from its own checkpoint (--trial-retries, default 3)
+        killed = kill_the_first_learner_after_its_first_visit(sweep_dir / "trials", sweep)
+        stdout, stderr = sweep.communicate(timeout=900)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-4000:]
+    assert json.loads((sweep_dir / "trials" / killed / "summary.json").read_text())["resumes"] == 1
+    proc = subprocess.CompletedProcess(sweep.args, sweep.returncode, stdout, stderr)
     result = json.loads((sweep_dir / "sweep.json").read_text())
     assert [row["seeds"] for row in result["ranking"]] == [1, 1] and all(r["failed"] == 0 for r in result["ranking"])
     assert {row["agent.ewc_lambda"] for row in result["ranking"]} == {0, 1000}

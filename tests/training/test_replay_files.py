@@ -1,0 +1,92 @@
+"""Replay files of checkpoints: each chunk written once, a checkpoint's files readable as long as it is kept,
+nothing kept that no checkpoint needs, and a write cut short leaving the previous checkpoint whole."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.replay import FrameReplay
+from common.errors import UsageError
+from training.replay_files import ReplayFiles
+
+
+def fill(buffer: FrameReplay, steps: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    buffer.start_episode(rng.integers(0, 255, (84, 84), dtype=np.uint8))
+    for t in range(steps):
+        buffer.add(t % 4, 1.0, False, rng.integers(0, 255, (84, 84), dtype=np.uint8), episode_end=t == steps - 1)
+
+
+def same_samples(a: FrameReplay, b: FrameReplay) -> bool:
+    x, y = a.sample(16), b.sample(16)
+    return all(np.array_equal(getattr(x, k), getattr(y, k)) for k in ("states", "actions", "rewards", "next_states"))
+
+
+def checkpoint(files: ReplayFiles, buffer: FrameReplay, frames: int, kept: list[int], keep: int = 2) -> dict:
+    manifest = files.write({0: buffer.export(files.saved_upto.get(0, 0), files.chunk_slots)}, frames)
+    kept[:] = [*kept, frames][-keep:]
+    files.prune(kept)
+    return manifest
+
+
+def test_chunks_are_written_once_and_pruned_when_no_kept_checkpoint_needs_them(tmp_path):
+    files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    buffer, kept, manifests = FrameReplay(100, seed=0), [], {}
+    for frames, steps in ((1, 70), (2, 50), (3, 90)):  # the buffer wraps between the second and third
+        written_before = {p.name: p.stat().st_mtime_ns for p in files.directory.glob("*.npz")}
+        fill(buffer, steps, seed=frames)
+        manifests[frames] = checkpoint(files, buffer, frames, kept)
+        for name, mtime in written_before.items():  # a chunk file, once written, is never written again
+            path = files.directory / name
+            assert not path.exists() or path.stat().st_mtime_ns == mtime or "tail" in name
+    names = {p.name for p in files.directory.iterdir()}
+    needed = set(manifests[2][0]["files"]) | set(manifests[3][0]["files"])
+    assert names == needed  # checkpoint 1's tail and the chunks wholly overwritten before checkpoint 2 are gone
+    for frames in (2, 3):  # each kept checkpoint still reads back, the newest exactly as the buffer is
+        restored = FrameReplay(100, seed=5)
+        restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifests[frames])["buffers"][0])
+        assert len(restored) == manifests[frames][0]["header"]["transitions"]
+    assert same_samples(buffer, restored)
+
+
+def test_a_resumed_run_saves_on_from_its_checkpoints_files_and_a_damaged_file_is_named(tmp_path):
+    files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    buffer, kept = FrameReplay(100, seed=0), []
+    fill(buffer, 70, seed=1)
+    manifest = checkpoint(files, buffer, 1, kept)
+    resumed = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    restored = FrameReplay(100, seed=7)
+    restored.load_state_dict(resumed.read(manifest)["buffers"][0])
+    assert resumed.saved_upto == {0: 60}  # 71 writes: two complete chunks, and the tail's 11 after them
+    fill(restored, 40, seed=2)
+    later = checkpoint(resumed, restored, 2, kept)  # 112 writes: the buffer holds writes 12..111
+    assert later[0]["files"] == ["task00_000000000000_000000000030.npz", "task00_000000000030_000000000060.npz",
+                                 "task00_000000000060_000000000090.npz", "task00_tail_000000000002_000000000112.npz"]
+    (files.directory / later[0]["files"][1]).write_bytes(b"not a zip")
+    with pytest.raises(UsageError, match="task00_000000000030_000000000060.npz"):
+        resumed.read(later)
+
+
+def test_a_cut_write_leaves_no_partial_file_and_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    buffer, kept = FrameReplay(100, seed=0), []
+    fill(buffer, 40, seed=1)
+    manifest = checkpoint(files, buffer, 1, kept)
+    fill(buffer, 50, seed=2)
+    calls = []
+
+    def failing_savez(handle, **arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            handle.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_savez(handle, **arrays)
+
+    real_savez = np.savez
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError):
+        files.write({0: buffer.export(files.saved_upto[0], 30)}, 2)
+    assert not list(files.directory.glob("*.tmp"))
+    restored = FrameReplay(100, seed=3)
+    restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)["buffers"][0])
+    assert len(restored) == 40

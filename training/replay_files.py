@@ -1,0 +1,140 @@
+"""Replay buffers in checkpoints, written incrementally and atomically.
+
+A buffer's slots are numbered by write (`agents.replay.FrameReplay`), and a written slot never
+changes afterwards: so the writes are saved in chunks of `logging.replay_chunk` slots, each
+chunk once, when it is complete, and every checkpoint adds only
+
+    task<T>_<first>_<stop>.npz        the complete chunks written since the previous checkpoint
+    task<T>_tail_<frames>_<writes>.npz the writes after the last complete chunk (its own file)
+
+under `checkpoints/replay/`, each written to a temporary name and renamed. The checkpoint file
+(written after them, also atomically) holds the manifest: per task, the buffer's header (its
+counters, open episodes and sampling stream) and the files that hold its live writes. A crash
+while writing leaves every file an older checkpoint names as it was. After a checkpoint, a file
+no kept checkpoint needs is removed: a tail by the frames in its name, a chunk once it lies
+wholly before the oldest kept checkpoint's live writes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.replay import SLOT_ARRAYS, ReplayExport
+from common.errors import UsageError
+
+DIRECTORY = "replay"
+FITS_SHARE = 0.5  # the replay files may take at most this share of the free disk: logs and checkpoints need room too
+_CHUNK = re.compile(r"task(\d+)_(\d+)_(\d+)\.npz")
+_TAIL = re.compile(r"task(\d+)_tail_(\d+)_(\d+)\.npz")
+
+
+class ReplayFiles:
+    """The replay files of one run's checkpoints (`directory` is the run's `checkpoints/`)."""
+
+    def __init__(self, directory: Path, *, capacity: int, chunk_slots: int):
+        self.directory = directory / DIRECTORY
+        self.capacity, self.chunk_slots = capacity, chunk_slots
+        self.enabled = True  # whether checkpoints write them (a checkpoint that has them is read either way)
+        self.bytes_written = 0  # by the last `write`
+        self.saved_upto: dict[int, int] = {}  # task -> writes before this are in complete chunk files
+        self._chunks: dict[int, list[str]] = {}  # task -> its chunk files, oldest first
+
+    def write(self, exports: Mapping[int, ReplayExport], frames: int) -> dict[int, dict[str, Any]]:
+        """Save what each buffer added since the last call; the manifest the checkpoint keeps."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob("*.tmp"):  # left by a write that was cut
+            stale.unlink(missing_ok=True)
+        manifest, self.bytes_written = {}, 0
+        for task, export in sorted(exports.items()):
+            chunks = self._chunks.setdefault(task, [])
+            for first, arrays in export.chunks:
+                stop = first + len(arrays["frames"])
+                chunks.append(self._save(f"task{task:02d}_{first:012d}_{stop:012d}.npz", first, arrays))
+                self.saved_upto[task] = stop
+            first, arrays = export.tail
+            writes = export.header["num_writes"]
+            tail = self._save(f"task{task:02d}_tail_{frames:012d}_{writes:012d}.npz", first, arrays)
+            live = max(0, writes - self.capacity)
+            chunks[:] = [name for name in chunks if _span(name)[1] > live]
+            manifest[task] = {"header": export.header, "files": [*chunks, tail]}
+        return manifest
+
+    def read(self, manifest: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        """The `agents.replay.TaskReplay` state a manifest describes; continue saving from it."""
+        buffers = {}
+        for task, entry in manifest.items():
+            pieces = [self._load(name) for name in entry["files"]]
+            buffers[int(task)] = {"header": dict(entry["header"]), "pieces": pieces}
+            self._chunks[int(task)] = [name for name in entry["files"] if _CHUNK.fullmatch(name)]
+            self.saved_upto[int(task)] = max((_span(n)[1] for n in self._chunks[int(task)]), default=0)
+        return {"buffers": buffers}
+
+    def prune(self, kept_frames: Iterable[int]) -> None:
+        """Remove the files no kept checkpoint (given by its frames) needs."""
+        kept = set(kept_frames)
+        oldest_live: dict[int, int] = {}
+        for path in self.directory.glob("task*_tail_*.npz"):
+            task, frames, writes = map(int, _TAIL.fullmatch(path.name).groups())
+            if frames in kept:
+                oldest_live[task] = min(oldest_live.get(task, writes), max(0, writes - self.capacity))
+            else:
+                path.unlink(missing_ok=True)
+        for path in self.directory.glob("task*_*.npz"):
+            match = _CHUNK.fullmatch(path.name)
+            if match and int(match[3]) <= oldest_live.get(int(match[1]), 0):
+                path.unlink(missing_ok=True)
+
+    def _save(self, name: str, first: int, arrays: Mapping[str, np.ndarray]) -> str:
+        path = self.directory / name
+        temporary = path.with_name(name + ".tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, first=np.int64(first), **{key: arrays[key] for key in SLOT_ARRAYS})
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        os.replace(temporary, path)
+        self.bytes_written += path.stat().st_size
+        return name
+
+    def _load(self, name: str) -> tuple[int, dict[str, np.ndarray]]:
+        path = self.directory / name
+        try:
+            with np.load(path) as data:
+                return int(data["first"]), {key: data[key] for key in SLOT_ARRAYS}
+        except (OSError, KeyError, ValueError) as err:
+            raise UsageError(f"replay file {str(path)!r} is missing or damaged ({type(err).__name__}: {err})") from None
+
+
+def _span(name: str) -> tuple[int, int]:
+    match = _CHUNK.fullmatch(name)
+    return int(match[2]), int(match[3])
+
+
+def for_run(config: Any, directory: Path) -> tuple[ReplayFiles, str]:
+    """The run's replay files (`directory`: its `checkpoints/`), writing only where the disk has room for
+    them, and the line that says so. `config` is a `training.config.RunConfig`."""
+    from training.config import replay_bytes_per_transition
+
+    agent, logging = config.agent, config.logging
+    files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk)
+    if not logging.checkpoint_replay:
+        files.enabled = False
+        return files, "checkpoints do not keep the replay buffers (logging.checkpoint_replay: false)"
+    slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + chunks the older ones use
+    needed = len(set(config.games)) * slots * replay_bytes_per_transition(agent)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    free = os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize
+    files.enabled = needed <= FITS_SHARE * free
+    sizes = f"up to {needed / 2**30:.2f} GiB for {len(set(config.games))} task(s), {free / 2**30:.1f} GiB free"
+    if files.enabled:
+        return files, f"checkpoints keep the replay buffers ({sizes})"
+    return files, (f"checkpoints will not keep the replay buffers: the disk is too small ({sizes}); a resumed run "
+                   "refills them (logging.checkpoint_replay: false silences this)")
