@@ -4,8 +4,8 @@
 It subclasses ValueError so library callers can catch it the usual way.
 """
 
-
 import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +28,12 @@ def require(condition: bool, message: str) -> None:
     """Raise a UsageError with `message` unless `condition` holds (for validating user input)."""
     if not condition:
         raise UsageError(message)
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged process may still write on the file system holding `directory`."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from agents.replay import ReplayExport
-from common.errors import UsageError, disk_full_aborts
+from common.errors import UsageError, disk_full_aborts, free_bytes
 from training.replay_files import ReplayFiles
 
 PREFIX, SUFFIX = "ckpt_", ".pt"
@@ -37,11 +37,6 @@ LAYOUT = {"config", "counters", "epsilon", "task_ids", "current_task", "learner"
 
 
 FULL_BELOW_BYTES = 16 * 2**20  # a failed write that left less room than this ran out of disk
-
-
-def free_bytes(directory: Path) -> int:
-    stats = os.statvfs(directory)
-    return stats.f_bavail * stats.f_frsize
 
 
 def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int,

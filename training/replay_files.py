@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from agents.replay import SLOT_ARRAYS, ReplayExport
-from common.errors import UsageError
+from common.errors import UsageError, free_bytes
+from training.config import RunConfig, replay_bytes_per_transition
 
 DIRECTORY = "replay"
 FITS_SHARE = 0.5  # the replay files may take at most this share of the free disk: logs and checkpoints need room too
@@ -36,10 +37,10 @@ _TAIL = re.compile(r"task(\d+)_tail_(\d+)_(\d+)\.npz")
 class ReplayFiles:
     """The replay files of one run's checkpoints (`directory` is the run's `checkpoints/`)."""
 
-    def __init__(self, directory: Path, *, capacity: int, chunk_slots: int):
+    def __init__(self, directory: Path, *, capacity: int, chunk_slots: int, enabled: bool = True):
         self.directory = directory / DIRECTORY
         self.capacity, self.chunk_slots = capacity, chunk_slots
-        self.enabled = True  # whether checkpoints write them (a checkpoint that has them is read either way)
+        self.enabled = enabled  # whether checkpoints write them (a checkpoint that has them is read either way)
         self.bytes_written = 0  # by the last `write`
         self.saved_upto: dict[int, int] = {}  # task -> writes before this are in complete chunk files
         self._chunks: dict[int, list[str]] = {}  # task -> its chunk files, oldest first
@@ -118,23 +119,20 @@ def _span(name: str) -> tuple[int, int]:
     return int(match[2]), int(match[3])
 
 
-def for_run(config: Any, directory: Path) -> tuple[ReplayFiles, str]:
-    """The run's replay files (`directory`: its `checkpoints/`), writing only where the disk has room for
-    them, and the line that says so. `config` is a `training.config.RunConfig`."""
-    from training.config import replay_bytes_per_transition
-
-    agent, logging = config.agent, config.logging
-    files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk)
+def for_run(config: RunConfig, directory: Path) -> tuple[ReplayFiles, str]:
+    """The run's replay files (`directory`: its `checkpoints/`), written only where the disk has room for
+    them, and the line that says so."""
+    agent, logging, tasks = config.agent, config.logging, len(set(config.games))
     if not logging.checkpoint_replay:
-        files.enabled = False
-        return files, "checkpoints do not keep the replay buffers (logging.checkpoint_replay: false)"
-    slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + chunks the older ones use
-    needed = len(set(config.games)) * slots * replay_bytes_per_transition(agent)
-    existing = next(p for p in (directory, *directory.parents) if p.exists())
-    free = os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize
-    files.enabled = needed <= FITS_SHARE * free
-    sizes = f"up to {needed / 2**30:.2f} GiB for {len(set(config.games))} task(s), {free / 2**30:.1f} GiB free"
-    if files.enabled:
+        return (ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk, enabled=False),
+                "checkpoints do not keep the replay buffers (logging.checkpoint_replay: false)")
+    slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + the older ones' files
+    needed = tasks * slots * replay_bytes_per_transition(agent)
+    free = free_bytes(next(p for p in (directory, *directory.parents) if p.exists()))
+    fits = needed <= FITS_SHARE * free
+    files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk, enabled=fits)
+    sizes = f"up to {needed / 2**30:.2f} GiB for {tasks} task(s), {free / 2**30:.1f} GiB free"
+    if fits:
         return files, f"checkpoints keep the replay buffers ({sizes})"
     return files, (f"checkpoints will not keep the replay buffers: the disk is too small ({sizes}); a resumed run "
                    "refills them (logging.checkpoint_replay: false silences this)")

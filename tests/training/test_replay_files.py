@@ -90,3 +90,16 @@ def test_a_cut_write_leaves_no_partial_file_and_the_previous_checkpoint_whole(tm
     restored = FrameReplay(100, seed=3)
     restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)["buffers"][0])
     assert len(restored) == 40
+
+
+def test_a_run_keeps_its_replay_only_where_the_disk_has_room_and_says_so(tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+    from training import replay_files
+    from training.config import load_config
+
+    config = load_config(ROOT / "configs" / "minatar.yaml")  # 3 games x (100,000 + 3 x 10,000) writes of ~1 KB
+    files, line = replay_files.for_run(config, tmp_path / "run" / "checkpoints")
+    assert files.enabled and line.startswith("checkpoints keep the replay buffers (up to 0.37 GiB for 3 task(s)")
+    monkeypatch.setattr(replay_files, "free_bytes", lambda directory: 2**29)  # 0.5 GiB free: half is too little
+    files, line = replay_files.for_run(config, tmp_path / "run" / "checkpoints")
+    assert not files.enabled and "the disk is too small" in line and "0.5 GiB free" in line
