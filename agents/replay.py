@@ -456,19 +456,6 @@ class FrameReplay:
         index = np.arange(first, stop) % self.capacity
         return {name: getattr(self, f"_{name}")[index] for name in SLOT_ARRAYS}
 
-    def export(self, saved_upto: int, chunk_slots: int) -> ReplayExport:
-        """What a checkpoint adds: the complete chunks of `chunk_slots` writes from `saved_upto` on (the
-        first one cut at the oldest write still held), and the writes after the last complete chunk."""
-        first, stop = self.live_writes()
-        boundary = stop // chunk_slots * chunk_slots
-        start, chunks = max(saved_upto, first), []
-        while start < boundary:
-            end = (start // chunk_slots + 1) * chunk_slots
-            chunks.append((start, self.slots(start, end)))
-            start = end
-        tail = max(boundary, first)
-        return ReplayExport(self.header(), chunks, (tail, self.slots(tail, stop)))
-
     def state_dict(self) -> dict[str, Any]:
         """The whole buffer: its header and one piece holding every write it still holds."""
         first, stop = self.live_writes()
@@ -484,6 +471,11 @@ class FrameReplay:
             pieces = [(int(first), {name: np.asarray(arrays[name]) for name in SLOT_ARRAYS}) for first, arrays in pieces]
         except (KeyError, TypeError, ValueError) as err:
             raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
+        for _, arrays in pieces:
+            size = len(arrays["frames"])
+            if arrays["frames"].shape[1:] != self.frame_shape or any(len(a) != size for a in arrays.values()):
+                raise UsageError(f"a saved replay piece holds frames shaped {arrays['frames'].shape[1:]} (this buffer: "
+                                 f"{self.frame_shape}) or arrays of unequal lengths")
         if layout != (self.capacity, self.frame_shape, self.stack):
             raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has "
                              f"{(self.capacity, self.frame_shape, self.stack)}")
@@ -507,15 +499,6 @@ class FrameReplay:
             self._link_forward(writes, self._previous[writes % self.capacity])
         self._open_episodes = open_episodes
         self._rng.bit_generator.state = rng_state
-
-
-@dataclass
-class ReplayExport:
-    """What one checkpoint adds for one buffer (`FrameReplay.export`)."""
-
-    header: dict[str, Any]  # `FrameReplay.header()`
-    chunks: list[tuple[int, dict[str, np.ndarray]]]  # (first write, slots) of each complete chunk not saved before
-    tail: tuple[int, dict[str, np.ndarray]]  # the writes after the last complete chunk
 
 
 class TaskReplay:
@@ -589,9 +572,10 @@ class TaskReplay:
     def state_dict(self) -> dict[str, Any]:
         return {"buffers": {task: buf.state_dict() for task, buf in self._buffers.items()}}
 
-    def export(self, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
-        """`FrameReplay.export` of every task's buffer; `saved_upto` says where each one's saved chunks end."""
-        return {task: buf.export(saved_upto.get(task, 0), chunk_slots) for task, buf in self._buffers.items()}
+    @property
+    def buffers(self) -> dict[int, FrameReplay]:
+        """Task id -> its buffer, for the tasks seen so far."""
+        return dict(self._buffers)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         try:

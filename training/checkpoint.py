@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from agents.replay import ReplayExport
 from common.errors import UsageError, disk_full_aborts, free_bytes
-from training.replay_files import ReplayFiles
+from training.replay_files import ReplayExport, ReplayFiles
 
 PREFIX, SUFFIX = "ckpt_", ".pt"
 LAYOUT = {"config", "counters", "epsilon", "task_ids", "current_task", "learner", "consolidation"}

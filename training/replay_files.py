@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.replay import SLOT_ARRAYS, ReplayExport
+from agents.replay import SLOT_ARRAYS, FrameReplay, TaskReplay
 from common.errors import UsageError, free_bytes
 from training.config import RunConfig, replay_bytes_per_transition
 
@@ -32,6 +33,34 @@ DIRECTORY = "replay"
 FITS_SHARE = 0.5  # the replay files may take at most this share of the free disk: logs and checkpoints need room too
 _CHUNK = re.compile(r"task(\d+)_(\d+)_(\d+)\.npz")
 _TAIL = re.compile(r"task(\d+)_tail_(\d+)_(\d+)\.npz")
+
+
+@dataclass
+class ReplayExport:
+    """What one checkpoint adds for one buffer (`export`)."""
+
+    header: dict[str, Any]  # `FrameReplay.header()`
+    chunks: list[tuple[int, dict[str, np.ndarray]]]  # (first write, slots) of each complete chunk not saved before
+    tail: tuple[int, dict[str, np.ndarray]]  # the writes after the last complete chunk
+
+
+def export(buffer: FrameReplay, saved_upto: int, chunk_slots: int) -> ReplayExport:
+    """What a checkpoint adds for `buffer`: the complete chunks of `chunk_slots` writes from `saved_upto` on
+    (the first one cut at the oldest write still held), and the writes after the last complete chunk."""
+    first, stop = buffer.live_writes()
+    boundary = stop // chunk_slots * chunk_slots
+    start, chunks = max(saved_upto, first), []
+    while start < boundary:
+        end = (start // chunk_slots + 1) * chunk_slots
+        chunks.append((start, buffer.slots(start, end)))
+        start = end
+    tail = max(boundary, first)
+    return ReplayExport(buffer.header(), chunks, (tail, buffer.slots(tail, stop)))
+
+
+def export_all(replay: TaskReplay, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
+    """`export` of every task's buffer; `saved_upto` says where each one's saved chunks end."""
+    return {task: export(buffer, saved_upto.get(task, 0), chunk_slots) for task, buffer in replay.buffers.items()}
 
 
 class ReplayFiles:

@@ -20,10 +20,11 @@ from torch import Tensor
 from agents.dqn.consolidation import Anchors, ConsolidationInputs
 from agents.dqn.fisher import fisher_batch
 from agents.dqn.learning import Learner
-from agents.replay import Batch, ReplayExport, TaskReplay, TransitionChunk
+from agents.replay import Batch, TaskReplay, TransitionChunk
 from common.errors import UsageError
 from fmn import ForgetMeNot
 from training.config import RunConfig
+from training.replay_files import ReplayExport, export_all
 
 PENALTY_REPORT_S = 5.0  # seconds between computations of the EWC penalty's value (a logged metric)
 
@@ -210,8 +211,8 @@ class LearnerService:
         return state
 
     def replay_export(self, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
-        """What a checkpoint adds to the saved replay (`agents.replay.TaskReplay.export`)."""
-        return self.replay.export(saved_upto, chunk_slots)
+        """What a checkpoint adds to the saved replay (`training.replay_files.export_all`)."""
+        return export_all(self.replay, saved_upto, chunk_slots)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])

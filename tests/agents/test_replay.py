@@ -226,31 +226,6 @@ def test_bytes_per_transition_and_uint8_storage():
     assert buffer.slots(0, 6)["frames"].dtype == np.uint8
 
 
-def test_chunked_exports_rebuild_the_buffer_across_its_overwrite_point():
-    """Three checkpoints' exports, the buffer wrapping between them: the chunks saved once each, plus the last
-    tail, refill a buffer that samples exactly as the original (the way a resumed run gets its replay)."""
-    original, chunk = FrameReplay(capacity=20, seed=3), 8
-    saved, pieces = 0, []
-    for lengths in ([7, 9], [4, 6], [8, 3]):
-        fill(original, lengths)
-        export = original.export(saved, chunk)
-        for first, slots in export.chunks:  # each complete chunk ends on a boundary and is saved only once
-            stop = first + len(slots["frames"])
-            assert first >= saved and stop % chunk == 0 and stop - first <= chunk
-            saved = stop
-        pieces += export.chunks
-    first, tail = export.tail
-    assert first == saved and first + len(tail["frames"]) == original.num_writes == 43
-    restored = FrameReplay(capacity=20, seed=99)
-    restored.load_state_dict({"header": export.header, "pieces": [*pieces, export.tail]})
-    assert len(restored) == len(original)
-    a, b = draw(original, 64), draw(restored, 64)
-    for name in ("states", "actions", "rewards", "terminals", "next_states"):
-        assert np.array_equal(getattr(a, name), getattr(b, name))
-    with pytest.raises(UsageError, match="misses 3 of the writes"):
-        FrameReplay(capacity=20).load_state_dict({"header": export.header, "pieces": pieces})
-
-
 def test_state_dict_round_trip_continues_identically():
     original = FrameReplay(capacity=20, seed=3)
     fill(original, [7, 9, 4])

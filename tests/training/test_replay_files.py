@@ -7,7 +7,9 @@ import pytest
 
 from agents.replay import FrameReplay
 from common.errors import UsageError
-from training.replay_files import ReplayFiles
+from tests.agents.test_replay import draw
+from tests.agents.test_replay import fill as fill_episodes
+from training.replay_files import ReplayFiles, export
 
 
 def fill(buffer: FrameReplay, steps: int, seed: int) -> None:
@@ -23,7 +25,7 @@ def same_samples(a: FrameReplay, b: FrameReplay) -> bool:
 
 
 def checkpoint(files: ReplayFiles, buffer: FrameReplay, frames: int, kept: list[int], keep: int = 2) -> dict:
-    manifest = files.write({0: buffer.export(files.saved_upto.get(0, 0), files.chunk_slots)}, frames)
+    manifest = files.write({0: export(buffer, files.saved_upto.get(0, 0), files.chunk_slots)}, frames)
     kept[:] = [*kept, frames][-keep:]
     files.prune(kept)
     return manifest
@@ -85,7 +87,7 @@ def test_a_cut_write_leaves_no_partial_file_and_the_previous_checkpoint_whole(tm
     real_savez = np.savez
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(OSError):
-        files.write({0: buffer.export(files.saved_upto[0], 30)}, 2)
+        files.write({0: export(buffer, files.saved_upto[0], 30)}, 2)
     assert not list(files.directory.glob("*.tmp"))
     restored = FrameReplay(100, seed=3)
     restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)["buffers"][0])
@@ -103,3 +105,28 @@ def test_a_run_keeps_its_replay_only_where_the_disk_has_room_and_says_so(tmp_pat
     monkeypatch.setattr(replay_files, "free_bytes", lambda directory: 2**29)  # 0.5 GiB free: half is too little
     files, line = replay_files.for_run(config, tmp_path / "run" / "checkpoints")
     assert not files.enabled and "the disk is too small" in line and "0.5 GiB free" in line
+
+
+def test_chunked_exports_rebuild_the_buffer_across_its_overwrite_point():
+    """Three checkpoints' exports, the buffer wrapping between them: the chunks saved once each, plus the last
+    tail, refill a buffer that samples exactly as the original (the way a resumed run gets its replay)."""
+    original, chunk = FrameReplay(capacity=20, seed=3), 8
+    saved, pieces = 0, []
+    for lengths in ([7, 9], [4, 6], [8, 3]):
+        fill_episodes(original, lengths)
+        added = export(original, saved, chunk)
+        for first, slots in added.chunks:  # each complete chunk ends on a boundary and is saved only once
+            stop = first + len(slots["frames"])
+            assert first >= saved and stop % chunk == 0 and stop - first <= chunk
+            saved = stop
+        pieces += added.chunks
+    first, tail = added.tail
+    assert first == saved and first + len(tail["frames"]) == original.num_writes == 43
+    restored = FrameReplay(capacity=20, seed=99)
+    restored.load_state_dict({"header": added.header, "pieces": [*pieces, added.tail]})
+    assert len(restored) == len(original)
+    a, b = draw(original, 64), draw(restored, 64)
+    for name in ("states", "actions", "rewards", "terminals", "next_states"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(UsageError, match="misses 3 of the writes"):
+        FrameReplay(capacity=20).load_state_dict({"header": added.header, "pieces": pieces})
