@@ -463,11 +463,14 @@ class FrameReplay:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Refill from a header and pieces ((first write, slots) pairs) that cover every write it held."""
-        try:
+        mine = (self.capacity, self.frame_shape, self.stack)
+        try:  # a header without layout or sampling stream (a run's replay files alone) keeps the buffer's
             header, pieces = state["header"], list(state["pieces"])
-            layout = (int(header["capacity"]), tuple(header["frame_shape"]), int(header["stack"]))
+            layout = (int(header.get("capacity", mine[0])), tuple(header.get("frame_shape", mine[1])),
+                      int(header.get("stack", mine[2])))
             num_writes = int(header["num_writes"])
-            open_episodes, rng_state = dict(header["open_episodes"]), header["rng"]
+            open_episodes = dict(header.get("open_episodes", {}))
+            rng_state = header.get("rng", self._rng.bit_generator.state)
             pieces = [(int(first), {name: np.asarray(arrays[name]) for name in SLOT_ARRAYS}) for first, arrays in pieces]
         except (KeyError, TypeError, ValueError) as err:
             raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
@@ -476,9 +479,8 @@ class FrameReplay:
             if arrays["frames"].shape[1:] != self.frame_shape or any(len(a) != size for a in arrays.values()):
                 raise UsageError(f"a saved replay piece holds frames shaped {arrays['frames'].shape[1:]} (this buffer: "
                                  f"{self.frame_shape}) or arrays of unequal lengths")
-        if layout != (self.capacity, self.frame_shape, self.stack):
-            raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has "
-                             f"{(self.capacity, self.frame_shape, self.stack)}")
+        if layout != mine:
+            raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has {mine}")
         first, stop = max(0, num_writes - self.capacity), num_writes
         covered = np.zeros(stop - first, dtype=bool)
         self._previous[:] = NEVER_WRITTEN

@@ -45,9 +45,7 @@ def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int,
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{PREFIX}{frames:012d}{SUFFIX}"
     temporary = path.with_suffix(".tmp")
-    kept = list_checkpoints(directory)
-    after = (f"; the newest complete checkpoint is {kept[-1].name}: free space, then continue with "
-             f"`python run.py train --resume {directory.parent}`" if kept else "; no checkpoint was complete yet")
+    after = full_disk_hint(directory)
     state["replay"] = None
     if replay is not None:
         files, exports = replay
@@ -72,6 +70,13 @@ def save(directory: Path, state: dict[str, Any], frames: int, *, keep: int,
     if replay is not None:
         replay[0].prune(int(p.name[len(PREFIX):-len(SUFFIX)]) for p in list_checkpoints(directory))
     return path
+
+
+def full_disk_hint(directory: Path) -> str:
+    """What is left when the disk fills up: the newest complete checkpoint and how to continue from it."""
+    kept = list_checkpoints(directory)
+    return (f"; the newest complete checkpoint is {kept[-1].name}: free space, then continue with "
+            f"`python run.py train --resume {directory.parent}`" if kept else "; no checkpoint was complete yet")
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

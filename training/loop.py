@@ -117,6 +117,7 @@ class Trainer:
             now = time.monotonic()
             if now - last_log >= cfg.logging.log_every_s:
                 self._log()
+                self.checkpoints.save_replay_chunks()
                 last_log = now
             if now - last_checkpoint >= cfg.logging.checkpoint_every_s:
                 self.checkpoints.save()

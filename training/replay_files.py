@@ -2,17 +2,20 @@
 
 A buffer's slots are numbered by write (`agents.replay.FrameReplay`), and a written slot never
 changes afterwards: so the writes are saved in chunks of `logging.replay_chunk` slots, each
-chunk once, when it is complete, and every checkpoint adds only
+chunk once, as soon as it is complete (the trainer asks at every log line), and a checkpoint
+adds only its tail:
 
-    task<T>_<first>_<stop>.npz        the complete chunks written since the previous checkpoint
-    task<T>_tail_<frames>_<writes>.npz the writes after the last complete chunk (its own file)
+    task<T>_<first>_<stop>.npz        a complete chunk
+    task<T>_tail_<frames>_<writes>.npz the writes after the last complete chunk, at a checkpoint
 
 under `checkpoints/replay/`, each written to a temporary name and renamed. The checkpoint file
-(written after them, also atomically) holds the manifest: per task, the buffer's header (its
+(written after its tail, also atomically) holds the manifest: per task, the buffer's header (its
 counters, open episodes and sampling stream) and the files that hold its live writes. A crash
-while writing leaves every file an older checkpoint names as it was. After a checkpoint, a file
-no kept checkpoint needs is removed: a tail by the frames in its name, a chunk once it lies
-wholly before the oldest kept checkpoint's live writes.
+while writing leaves every file an older checkpoint names as it was. A run resumed from a
+checkpoint also takes the complete chunks written after it, so it starts with the replay the
+lost run had, short of at most one chunk per task. After a checkpoint, a file no kept checkpoint
+needs is removed: a tail by the frames in its name, a chunk once it lies wholly before the oldest
+kept checkpoint's live writes.
 """
 from __future__ import annotations
 
@@ -41,12 +44,12 @@ class ReplayExport:
 
     header: dict[str, Any]  # `FrameReplay.header()`
     chunks: list[tuple[int, dict[str, np.ndarray]]]  # (first write, slots) of each complete chunk not saved before
-    tail: tuple[int, dict[str, np.ndarray]]  # the writes after the last complete chunk
+    tail: tuple[int, dict[str, np.ndarray]] | None  # the writes after the last complete chunk (at checkpoints)
 
 
-def export(buffer: FrameReplay, saved_upto: int, chunk_slots: int) -> ReplayExport:
-    """What a checkpoint adds for `buffer`: the complete chunks of `chunk_slots` writes from `saved_upto` on
-    (the first one cut at the oldest write still held), and the writes after the last complete chunk."""
+def export(buffer: FrameReplay, saved_upto: int, chunk_slots: int, with_tail: bool = True) -> ReplayExport:
+    """What `buffer` adds to its files: the complete chunks of `chunk_slots` writes from `saved_upto` on
+    (the first one cut at the oldest write still held) and, `with_tail`, the writes after them."""
     first, stop = buffer.live_writes()
     boundary = stop // chunk_slots * chunk_slots
     start, chunks = max(saved_upto, first), []
@@ -55,12 +58,14 @@ def export(buffer: FrameReplay, saved_upto: int, chunk_slots: int) -> ReplayExpo
         chunks.append((start, buffer.slots(start, end)))
         start = end
     tail = max(boundary, first)
-    return ReplayExport(buffer.header(), chunks, (tail, buffer.slots(tail, stop)))
+    return ReplayExport(buffer.header(), chunks, (tail, buffer.slots(tail, stop)) if with_tail else None)
 
 
-def export_all(replay: TaskReplay, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
+def export_all(replay: TaskReplay, saved_upto: Mapping[int, int], chunk_slots: int,
+               with_tail: bool = True) -> dict[int, ReplayExport]:
     """`export` of every task's buffer; `saved_upto` says where each one's saved chunks end."""
-    return {task: export(buffer, saved_upto.get(task, 0), chunk_slots) for task, buffer in replay.buffers.items()}
+    return {task: export(buffer, saved_upto.get(task, 0), chunk_slots, with_tail)
+            for task, buffer in replay.buffers.items()}
 
 
 class ReplayFiles:
@@ -74,35 +79,64 @@ class ReplayFiles:
         self.saved_upto: dict[int, int] = {}  # task -> writes before this are in complete chunk files
         self._chunks: dict[int, list[str]] = {}  # task -> its chunk files, oldest first
 
-    def write(self, exports: Mapping[int, ReplayExport], frames: int) -> dict[int, dict[str, Any]]:
-        """Save what each buffer added since the last call; the manifest the checkpoint keeps."""
+    def write_chunks(self, exports: Mapping[int, ReplayExport]) -> None:
+        """Save the complete chunks each buffer added since the last call."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("*.tmp"):  # left by a write that was cut
             stale.unlink(missing_ok=True)
-        manifest, self.bytes_written = {}, 0
+        self.bytes_written = 0
         for task, export in sorted(exports.items()):
             chunks = self._chunks.setdefault(task, [])
             for first, arrays in export.chunks:
                 stop = first + len(arrays["frames"])
                 chunks.append(self._save(f"task{task:02d}_{first:012d}_{stop:012d}.npz", first, arrays))
                 self.saved_upto[task] = stop
+
+    def write(self, exports: Mapping[int, ReplayExport], frames: int) -> dict[int, dict[str, Any]]:
+        """Save what each buffer added since the last call, tails included; the manifest the checkpoint keeps."""
+        self.write_chunks(exports)
+        manifest = {}
+        for task, export in sorted(exports.items()):
             first, arrays = export.tail
             writes = export.header["num_writes"]
             tail = self._save(f"task{task:02d}_tail_{frames:012d}_{writes:012d}.npz", first, arrays)
             live = max(0, writes - self.capacity)
-            chunks[:] = [name for name in chunks if _span(name)[1] > live]
+            chunks = self._chunks[task] = [name for name in self._chunks[task] if _span(name)[1] > live]
             manifest[task] = {"header": export.header, "files": [*chunks, tail]}
         return manifest
 
-    def read(self, manifest: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-        """The `agents.replay.TaskReplay` state a manifest describes; continue saving from it."""
+    def read(self, manifest: Mapping[int, Mapping[str, Any]], fixed_tasks: Iterable[int] = ()) -> dict[str, Any]:
+        """The `agents.replay.TaskReplay` state a manifest describes, with the complete chunks written after it
+        (a lost run's last ones), also of `fixed_tasks` (ids that mean the same game in any run) it does not
+        list; saving continues from there. Later files of a lost run that do not continue these are removed."""
         buffers = {}
-        for task, entry in manifest.items():
-            pieces = [self._load(name) for name in entry["files"]]
-            buffers[int(task)] = {"header": dict(entry["header"]), "pieces": pieces}
-            self._chunks[int(task)] = [name for name in entry["files"] if _CHUNK.fullmatch(name)]
-            self.saved_upto[int(task)] = max((_span(n)[1] for n in self._chunks[int(task)]), default=0)
+        for task in sorted({int(t) for t in manifest} | set(fixed_tasks)):
+            entry = manifest.get(task, {"header": {"num_writes": 0}, "files": []})
+            header, names = dict(entry["header"]), list(entry["files"])
+            pieces = [self._load(name) for name in names]
+            chunks = [name for name in names if _CHUNK.fullmatch(name)]
+            end = max((_span(n)[1] for n in chunks), default=pieces[-1][0] if pieces else 0)  # where the tail starts
+            while (later := self._chunk_from(task, end)) is not None:
+                chunks.append(later.name)
+                pieces.append(self._load(later.name))
+                end = _span(later.name)[1]
+            if end > header["num_writes"]:  # the lost run's episodes were cut where its files end
+                header.update(num_writes=end, open_episodes={})
+            for path in self.directory.glob(f"task{task:02d}_*.npz"):
+                match = _CHUNK.fullmatch(path.name)
+                if match and int(match[2]) >= end:  # written by a lost run after a gap: not this buffer's
+                    path.unlink(missing_ok=True)
+            if pieces:
+                buffers[task] = {"header": header, "pieces": pieces}
+            self._chunks[task], self.saved_upto[task] = chunks, max((_span(n)[1] for n in chunks), default=0)
+        for path in self.directory.glob("task*_*.npz"):  # a task the lost run found after the checkpoint
+            if int(re.match(r"task(\d+)_", path.name)[1]) not in buffers:
+                path.unlink(missing_ok=True)
         return {"buffers": buffers}
+
+    def _chunk_from(self, task: int, first: int) -> Path | None:
+        found = sorted(self.directory.glob(f"task{task:02d}_{first:012d}_*.npz"))
+        return found[0] if found else None
 
     def prune(self, kept_frames: Iterable[int]) -> None:
         """Remove the files no kept checkpoint (given by its frames) needs."""

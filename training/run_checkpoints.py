@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from common.errors import disk_full_aborts
 from training import checkpoint, records, replay_files
 from training.config import config_to_dict
 
@@ -46,12 +47,21 @@ class RunCheckpoints:
             trainer.say(f"checkpoint at {frames:,} frames: {replay_mb:.1f} MB of replay files written, {seconds:.1f} s")
         return path
 
+    def save_replay_chunks(self) -> None:
+        """Write the replay chunks completed since the last call: a lost run then loses at most one per task."""
+        files = self.replay
+        if not files.enabled:
+            return
+        exports = ray.get(self.trainer.actors.learner.replay_export.remote(files.saved_upto, files.chunk_slots, False))
+        with disk_full_aborts(files.directory / "task*.npz", "replay chunks", checkpoint.full_disk_hint(self.directory)):
+            files.write_chunks(exports)
+
     def restore(self, state: dict) -> None:
         """Counters, schedule position, epsilon timers, learner, replay and strategy from `state`."""
         trainer = self.trainer
         learner, progress = trainer.actors.learner, trainer.progress
         if checkpoint.has_replay(state):
-            state["learner"]["replay"] = self.replay.read(state["replay"])
+            state["learner"]["replay"] = self.replay.read(state["replay"], progress.task_ids.fixed_tasks())
         ray.get(learner.load_state_dict.remote(state["learner"]))
         trainer.strategy.load_state_dict(state["consolidation"])
         progress.load_state_dict(state, checkpoint.num_updates(state))

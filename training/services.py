@@ -210,9 +210,10 @@ class LearnerService:
             state["fmn"] = self.fmn.state_dict()
         return state
 
-    def replay_export(self, saved_upto: Mapping[int, int], chunk_slots: int) -> dict[int, ReplayExport]:
-        """What a checkpoint adds to the saved replay (`training.replay_files.export_all`)."""
-        return export_all(self.replay, saved_upto, chunk_slots)
+    def replay_export(self, saved_upto: Mapping[int, int], chunk_slots: int,
+                      with_tail: bool = True) -> dict[int, ReplayExport]:
+        """What the replay adds to its files (`training.replay_files.export_all`)."""
+        return export_all(self.replay, saved_upto, chunk_slots, with_tail)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])

@@ -38,6 +38,10 @@ class TaskIds(ABC):
     def eval_task(self, game: str) -> int:
         """The task id whose gains and biases play `game` in an evaluation."""
 
+    def fixed_tasks(self) -> set[int]:
+        """Ids that mean the same game in every run of the config (a lost run's replay of them is still theirs)."""
+        return set()
+
     def scalars(self, task: int, game: str) -> dict[str, float]:
         """Extra TensorBoard scalars for a log line."""
         return {}
@@ -66,6 +70,9 @@ class ScheduleTaskIds(TaskIds):
 
     def eval_task(self, game: str) -> int:
         return self.ids[game]
+
+    def fixed_tasks(self) -> set[int]:
+        return set(self.ids.values())
 
     def state_dict(self) -> dict[str, Any]:
         return {"ids": dict(self.ids)}

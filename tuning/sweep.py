@@ -217,6 +217,9 @@ def collect(sweep_dir: Path, spec: dict[str, Any], errors: dict[str, str]) -> li
 def main(args: argparse.Namespace) -> int:
     # Tune's own TensorBoard logger would show every trial twice beside the trials' own events: JSON and CSV only.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Which trials have finished is saved every 5 s (Tune's default: 10 s or more), so a sweep whose driver
+    # is lost runs again at most the trials that finished in its last seconds (`--resume`).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback

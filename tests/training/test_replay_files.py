@@ -91,7 +91,7 @@ def test_a_cut_write_leaves_no_partial_file_and_the_previous_checkpoint_whole(tm
     assert not list(files.directory.glob("*.tmp"))
     restored = FrameReplay(100, seed=3)
     restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)["buffers"][0])
-    assert len(restored) == 40
+    assert len(restored) == 58  # the checkpoint's 40, and the chunk [30, 60) completed before the cut
 
 
 def test_a_run_keeps_its_replay_only_where_the_disk_has_room_and_says_so(tmp_path, monkeypatch):
@@ -130,3 +130,43 @@ def test_chunked_exports_rebuild_the_buffer_across_its_overwrite_point():
         assert np.array_equal(getattr(a, name), getattr(b, name))
     with pytest.raises(UsageError, match="misses 3 of the writes"):
         FrameReplay(capacity=20).load_state_dict({"header": added.header, "pieces": pieces})
+
+
+def test_a_resume_takes_the_chunks_written_after_its_checkpoint_and_drops_a_lost_runs_stray_files(tmp_path):
+    files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    buffer, kept = FrameReplay(100, seed=0), []
+    fill(buffer, 40, seed=1)  # writes 0..40
+    manifest = checkpoint(files, buffer, 1, kept)  # chunk [0, 30) and a tail [30, 41)
+    fill(buffer, 60, seed=2)  # writes 41..101: chunks [30, 60) and [60, 90) complete
+    files.write_chunks({0: export(buffer, files.saved_upto[0], 30, with_tail=False)})
+    stray = files.directory / "task00_000000000120_000000000150.npz"  # a lost run's, after a gap
+    stray.write_bytes(b"not this buffer's")
+    resumed = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    restored = FrameReplay(100, seed=3)
+    restored.load_state_dict(resumed.read(manifest)["buffers"][0])
+    assert restored.num_writes == 90 and resumed.saved_upto == {0: 90} and not stray.exists()
+    assert len(restored) == 88  # writes 0..89 less the two episodes' first frames
+    for name, array in buffer.slots(2, 90).items():  # the original has overwritten writes 0 and 1 since
+        np.testing.assert_array_equal(restored.slots(2, 90)[name], array)
+    assert not restored.has_open_episode(0)  # the lost run's episode was cut where its files end
+    other_task = files.directory / "task03_000000000000_000000000030.npz"  # a task the lost run found later
+    other_task.write_bytes(b"a lost run's")
+    ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)
+    assert not other_task.exists()
+
+
+def test_a_fixed_task_that_began_after_the_checkpoint_keeps_its_complete_chunks(tmp_path):
+    files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
+    first_game, kept = FrameReplay(100, seed=0), []
+    fill(first_game, 40, seed=1)
+    manifest = checkpoint(files, first_game, 1, kept)  # a visit's begin: the next game has no buffer yet
+    second_game = FrameReplay(100, seed=1)
+    fill(second_game, 70, seed=2)  # writes 0..70: chunks [0, 30) and [30, 60) complete
+    files.write_chunks({1: export(second_game, 0, 30, with_tail=False)})
+    state = ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest, fixed_tasks={0, 1})
+    restored = FrameReplay(100, seed=3)
+    restored.load_state_dict(state["buffers"][1])
+    assert restored.num_writes == 60 and len(restored) == 59
+    # an id that is not fixed (forget-me-not's) may mean another game in the new run: its files go
+    assert 1 not in ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifest)["buffers"]
+    assert not list(files.directory.glob("task01_*"))

@@ -1,5 +1,5 @@
-"""`run.py sweep`: a real two-trial Ray Tune sweep on a tiny MinAtar config, a trial retried after its learner
-is killed, the ranking, report and resume."""
+"""`run.py sweep`: a real two-trial Ray Tune sweep on a tiny MinAtar config: a trial retried after its learner
+is killed, the sweep resumed after its driver is killed, the ranking and the report."""
 from __future__ import annotations
 
 import csv
@@ -78,33 +78,45 @@ def test_a_trial_that_could_never_start_is_refused():
     assert trial_bundles(config, cluster_has_gpu=True)[1] == {"CPU": 1.0, "GPU": 1}  # device: auto takes the GPU
 
 
-def kill_the_first_learner_after_its_first_visit(trials: Path, sweep: subprocess.Popen) -> str:
-    """SIGKILL the learner of the first trial to checkpoint its second visit; the trial's name."""
+def second_visit_checkpointed(run_dir: Path) -> bool:
+    return bool(list((run_dir / "checkpoints").glob("ckpt_00000000[1-9]*.pt"))) and (run_dir / ACTORS_FILE).is_file()
+
+
+def wait_for(condition, sweep: subprocess.Popen, what: str):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and sweep.poll() is None:
-        for run_dir in trials.glob("*"):
-            if list((run_dir / "checkpoints").glob("ckpt_00000000[1-9]*.pt")) and (run_dir / ACTORS_FILE).is_file():
-                os.kill(json.loads((run_dir / ACTORS_FILE).read_text())["learner"]["pid"], signal.SIGKILL)
-                return run_dir.name
+        found = condition()
+        if found:
+            return found
         time.sleep(0.2)
-    raise AssertionError(f"no trial checkpointed a second visit: {sweep.communicate()[1][-3000:]}")
+    raise AssertionError(f"{what} never happened: {sweep.communicate()[1][-3000:]}")
 
 
-def test_a_two_trial_sweep_runs_retries_ranks_reports_and_resumes(ray_command, tmp_path):
+def test_a_two_trial_sweep_retries_a_trial_survives_its_driver_and_ranks_and_reports(ray_command, tmp_path):
     args = ["--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--grid", "agent.ewc_lambda=0,1000",
             "--seeds", "1", "--logdir", str(tmp_path), "--name", "tiny", "--max-concurrent", "1"]
     for override in TINY:
         args += ["--set", override]
-    sweep_dir = tmp_path / "tiny"
+    sweep_dir, trials = tmp_path / "tiny", tmp_path / "tiny" / "trials"
     sweep = ray_command("sweep", *args, wait=False)
-    try:  # a trial whose learner dies is retried from its own checkpoint (--trial-retries, default 3)
-        killed = kill_the_first_learner_after_its_first_visit(sweep_dir / "trials", sweep)
-        stdout, stderr = sweep.communicate(timeout=900)
+    try:
+        # a trial whose learner dies is retried from its own checkpoint (--trial-retries, default 3) ...
+        first = wait_for(lambda: next((d for d in trials.glob("*") if second_visit_checkpointed(d)), None), sweep,
+                         "a trial's second visit")
+        os.kill(json.loads((first / ACTORS_FILE).read_text())["learner"]["pid"], signal.SIGKILL)
+        # ... and once it has finished and the other one is under way, the sweep's driver is SIGKILLed
+        second = wait_for(lambda: (first / "summary.json").is_file() and next(
+            (d for d in trials.glob("*") if d != first and second_visit_checkpointed(d)), None), sweep,
+            "the second trial's second visit")
     finally:
         sweep.kill()
-    assert sweep.returncode == 0, stderr[-4000:]
-    assert json.loads((sweep_dir / "trials" / killed / "summary.json").read_text())["resumes"] == 1
-    proc = subprocess.CompletedProcess(sweep.args, sweep.returncode, stdout, stderr)
+        sweep.wait()
+    assert json.loads((first / "summary.json").read_text())["resumes"] == 1
+    finished_at = (first / "summary.json").stat().st_mtime_ns
+    proc = ray_command("sweep", "--resume", str(sweep_dir), timeout=900)  # finishes what is left
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (first / "summary.json").stat().st_mtime_ns == finished_at  # the finished trial is not run again
+    assert json.loads((second / "summary.json").read_text())["resumes"] == 1  # the other goes on from its checkpoint
     result = json.loads((sweep_dir / "sweep.json").read_text())
     assert [row["seeds"] for row in result["ranking"]] == [1, 1] and all(r["failed"] == 0 for r in result["ranking"])
     assert {row["agent.ewc_lambda"] for row in result["ranking"]} == {0, 1000}
@@ -113,7 +125,7 @@ def test_a_two_trial_sweep_runs_retries_ranks_reports_and_resumes(ray_command, t
         assert len(list(csv.DictReader(handle))) == 2
     assert "average final" in proc.stdout and "agent.ewc_lambda" in proc.stdout  # the table on stdout
     for trial in result["trials"]:
-        run_dir = sweep_dir / "trials" / trial["name"]
+        run_dir = trials / trial["name"]
         assert trial["status"] == "finished" and (run_dir / "eval.jsonl").is_file()
         assert list((run_dir / "tensorboard").glob("events.*"))  # tensorboard --logdir SWEEP_DIR shows each trial
 
@@ -121,7 +133,3 @@ def test_a_two_trial_sweep_runs_retries_ranks_reports_and_resumes(ray_command, t
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert report.returncode == 0, report.stderr[-3000:]
     assert len(json.loads((sweep_dir / "report" / "report.json").read_text())["runs"]) == 2  # every trial, one report
-
-    again = ray_command("sweep", "--resume", str(sweep_dir), "--quiet", timeout=900)  # nothing left to do: the same ranking back
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((sweep_dir / "sweep.json").read_text())["ranking"] == result["ranking"]
