@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from common.errors import UsageError
@@ -97,7 +98,7 @@ def resolve_logdir(logdir: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training import checkpoint, records
+    from training import checkpoint, records, replay_files
     from training.config import apply_overrides, config_from_dict
 
     if args.stop_after_s is not None and args.stop_after_s <= 0:
@@ -115,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
         if resume_state is None:  # an attempt killed before its first checkpoint left only logs: start over
             for name in (records.METRICS_FILE, records.EVAL_FILE):
                 (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / records.CHECKPOINT_DIR / replay_files.DIRECTORY, ignore_errors=True)
     elif args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / records.CHECKPOINT_DIR).is_dir():
