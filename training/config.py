@@ -72,7 +72,7 @@ class LoggingConfig:
     checkpoint_every_s: float = 600.0
     keep_checkpoints: int = 3
     checkpoint_replay: bool = True  # checkpoints keep the replay buffers (where the disk has room for them)
-    replay_chunk: int = 10_000  # writes per replay file: a checkpoint writes only the files filled since the last
+    replay_chunk: int = 10_000  # writes per replay file, each written once, when full (a lost run loses at most one)
 
 
 @dataclass(frozen=True)

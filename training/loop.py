@@ -44,7 +44,8 @@ class Trainer:
         self.progress = RunProgress(config)
         self.callbacks: dict[Any, Callable[[Any], None]] = {}  # other actor calls: what to do with each result
         self.last_eval: records.EvalRound | None = None
-        self.actors: Actors | None = None  # set by `run`, with the data path and the evaluation rounds
+        self.actors: Actors | None = None  # set by `run`, with the data path, the evaluation rounds, the checkpoints
+        self.checkpoints: RunCheckpoints | None = None
         self.feeder: Feeder | None = None
         self.evals: EvalRounds | None = None
 

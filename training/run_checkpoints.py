@@ -60,6 +60,7 @@ class RunCheckpoints:
         """Counters, schedule position, epsilon timers, learner, replay and strategy from `state`."""
         trainer = self.trainer
         learner, progress = trainer.actors.learner, trainer.progress
+        state["learner"].pop("replay", None)  # an older version's replay layout, which this one does not read
         if checkpoint.has_replay(state):
             state["learner"]["replay"] = self.replay.read(state["replay"], progress.task_ids.fixed_tasks())
         ray.get(learner.load_state_dict.remote(state["learner"]))
