@@ -81,10 +81,12 @@ class ReplayFiles:
 
     def write_chunks(self, exports: Mapping[int, ReplayExport]) -> None:
         """Save the complete chunks each buffer added since the last call."""
+        self.bytes_written = 0
+        if not any(export.chunks or export.tail for export in exports.values()):
+            return  # the usual case at a log line: no chunk has filled since, and no directory scan is owed
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("*.tmp"):  # left by a write that was cut
             stale.unlink(missing_ok=True)
-        self.bytes_written = 0
         for task, export in sorted(exports.items()):
             chunks = self._chunks.setdefault(task, [])
             for first, arrays in export.chunks:
@@ -186,15 +188,15 @@ def for_run(config: RunConfig, directory: Path) -> tuple[ReplayFiles, str]:
     """The run's replay files (`directory`: its `checkpoints/`), written only where the disk has room for
     them, and the line that says so."""
     agent, logging, tasks = config.agent, config.logging, len(set(config.games))
-    if not logging.checkpoint_replay:
-        return (ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk, enabled=False),
-                "checkpoints do not keep the replay buffers (logging.checkpoint_replay: false)")
     slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + the older ones' files
     needed = tasks * slots * replay_bytes_per_transition(agent)
     free = free_bytes(next(p for p in (directory, *directory.parents) if p.exists()))
     fits = needed <= FITS_SHARE * free
-    files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk, enabled=fits)
+    files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk,
+                        enabled=logging.checkpoint_replay and fits)
     sizes = f"up to {needed / 2**30:.2f} GiB for {tasks} task(s), {free / 2**30:.1f} GiB free"
+    if not logging.checkpoint_replay:
+        return files, "checkpoints do not keep the replay buffers (logging.checkpoint_replay: false)"
     if fits:
         return files, f"checkpoints keep the replay buffers ({sizes})"
     return files, (f"checkpoints will not keep the replay buffers: the disk is too small ({sizes}); a resumed run "
