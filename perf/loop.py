@@ -41,7 +41,7 @@ class SingleProcessLoop:
         self.game = config.games[0]
         self.learner = Learner(agent, seed=seed)
         self.replay = FrameReplay(agent.replay_capacity, network.frame_shape, network.frame_stack, seed=seed,
-                                  n_step=agent.n_step, gamma=agent.gamma)
+                                  n_step=agent.n_step, gamma=agent.gamma, compression=agent.replay_compression)
         self.runner = EnvRunner(0, 1, network, config.env, seed=seed, net=self.learner.online)
         self.runner.set_game(self.game, task=0)
         self.epsilon = TaskEpsilon(config.epsilon)

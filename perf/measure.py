@@ -77,10 +77,15 @@ def empty_penalty_state(lam: float) -> dict[str, Any]:
     return EWCPenalty(lam).state_dict()
 
 
-def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed: int = 0) -> None:
-    """Write `transitions` transitions in episodes of `episode_length`, in 100-slot chunks as env actors do."""
+def fill_replay(buffer: FrameReplay, transitions: int, episode_length: int, seed: int = 0,
+                pool: np.ndarray | None = None) -> None:
+    """Write `transitions` transitions in episodes of `episode_length`, in 100-slot chunks as env actors do.
+
+    Frames are drawn from `pool` (N, *frame_shape); without one, from random pixels, which cost the same
+    to store and sample raw but do not compress: measure compressed replay on a game's frames."""
     rng = np.random.default_rng(seed)
-    pool = rng.integers(0, 256, (64, *buffer.frame_shape), dtype=np.uint8)  # pixel content does not affect cost
+    if pool is None:
+        pool = rng.integers(0, 256, (64, *buffer.frame_shape), dtype=np.uint8)
     written = 0
     while written < transitions:
         n = min(episode_length, transitions - written)  # transitions in this episode: n + 1 slots
@@ -142,7 +147,8 @@ def learner_breakdown(
     bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step)
     learner = anchored_learner(config, compile_step=compile_step)
     batch = Batch.random(config.batch_size, config.network)
-    replay = FrameReplay(replay_capacity, seed=0, n_step=config.n_step, gamma=config.gamma)
+    replay = FrameReplay(replay_capacity, seed=0, n_step=config.n_step, gamma=config.gamma,
+                         compression=config.replay_compression)
     fill_replay(replay, replay_capacity - replay_capacity // 100, episode_length=1000)
 
     def sampled() -> None:
@@ -253,12 +259,20 @@ def ewc_overhead(
 # ---- replay -------------------------------------------------------------------------------------
 
 
-def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_length: int = 1000,
-                   network: NetworkConfig = NetworkConfig()) -> dict[str, float]:
+def replay_figures(*, capacity: int, batch_size: int, seconds: float, game: str, compression: str,
+                   episode_length: int = 1000, network: NetworkConfig = NetworkConfig(),
+                   pool_frames: int = 500) -> dict[str, float]:
     """Bytes per stored transition of a full `FrameReplay` for `network`'s frames and its sampling rate
-    (with frame stacking), against naive storage of both stacked states per transition as uint8."""
-    buffer = FrameReplay(capacity, network.frame_shape, network.frame_stack, seed=0)
-    fill_replay(buffer, capacity + capacity // 10, episode_length)  # past capacity: the steady, wrapped state
+    (with frame stacking), against naive storage of both stacked states per transition as uint8.
+
+    The buffer holds frames of `game` played by a random policy (`pool_frames` of them, drawn again and
+    again): what compression saves depends on the pictures."""
+    from envs.games import random_policy_frames
+
+    pool = random_policy_frames(game, pool_frames, seed=0)
+    buffer = FrameReplay(capacity, network.frame_shape, network.frame_stack, seed=0, compression=compression)
+    fill_replay(buffer, capacity + capacity // 10, episode_length, pool=pool)  # past capacity: the steady state
+    raw = FrameReplay(network.frame_stack + 1, network.frame_shape, network.frame_stack)
     naive = 2 * network.frame_stack * int(np.prod(network.frame_shape))  # state and next state, uint8
     per_transition = buffer.nbytes / len(buffer)
     count, start = 0, time.perf_counter()
@@ -268,10 +282,13 @@ def replay_figures(*, capacity: int, batch_size: int, seconds: float, episode_le
     batches_per_s = rate(count, time.perf_counter() - start)
     return {
         "bytes_per_transition": per_transition,
-        "bytes_per_slot": buffer.bytes_per_transition,
+        "bytes_per_slot": buffer.nbytes / capacity,
+        "raw_bytes_per_slot": raw.bytes_per_transition,  # the same slots without compression
         "naive_stacked_bytes_per_transition": float(naive),
         "float32_grid_bytes_per_transition": 4.0 * naive,  # the same, as float32 (what a naive port stores)
         "saving_vs_naive": naive / per_transition,
+        "compression": compression,
+        "game": game,
         "capacity": capacity,
         "episode_length": episode_length,
         "sample_batches_per_s": batches_per_s,

@@ -113,7 +113,8 @@ def throughput(config: RunConfig, *, seconds: float, run_ours, run_rllib, say) -
         "update_period": agent.update_period,
         "num_env_actors": actors.num_env_actors,
     }
-    replay = replay_figures(capacity=20_000, batch_size=agent.batch_size, seconds=min(micro, 3.0), network=agent.network)
+    replay = replay_figures(capacity=20_000, batch_size=agent.batch_size, seconds=min(micro, 3.0), network=agent.network,
+                            game=config.games[0], compression=agent.replay_compression)
     out["bytes_per_transition"] = replay["bytes_per_transition"]
     out["naive_bytes_per_transition"] = replay["naive_stacked_bytes_per_transition"]
     out["float32_bytes_per_transition"] = replay["float32_grid_bytes_per_transition"]

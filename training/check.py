@@ -3,7 +3,8 @@
 The config goes through every check `run.py train` makes; then its network and replay are built
 and timed here, without Ray and without training:
 
-- replay memory: bytes per stored transition (the buffer's real layout) x `agent.replay_capacity`
+- replay memory: bytes per stored transition (the buffer's real layout; with compressed frames, their
+  size measured on a few hundred frames of random play of each game) x `agent.replay_capacity`
   per task x one buffer per game;
 - seconds per learner update: a few real `Learner.update` calls on random batches of the config's
   size and network (with a synthetic EWC anchor when EWC is on, as after the first task switch),
@@ -24,14 +25,17 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from agents.dqn.actor import EnvRunner
 from agents.dqn.learning import anchored_learner
-from agents.replay import Batch
+from agents.replay import Batch, LZ4Frames
+from envs.games import random_policy_frames
 from common.threads import torch_threads
 from training.config import RunConfig, learner_device, replay_bytes_per_transition
 
+COMPRESSION_SAMPLE_FRAMES = 300  # frames of random play per game whose compressed size is measured
 TIMED_UPDATES = 5  # the paper's network takes ~80 ms per update on one core: a few suffice for a median
 WARMUP_UPDATES = 2  # the first updates allocate buffers and fill caches
 TIMED_ENV_STEPS = 300  # agent steps per environment of the first game
@@ -45,10 +49,11 @@ def check_run(config: RunConfig, say: Callable[[str], None] = print) -> None:
     say(f"config {config.run_name!r} is valid: {games} games ({', '.join(config.games)}), "
         f"{config.schedule.repeats} rounds of {config.schedule.frames_per_visit:,} frames per visit")
 
-    per_transition = replay_bytes_per_transition(agent)
+    frame_bytes, measured = compressed_frame_bytes(config)
+    per_transition = replay_bytes_per_transition(agent, frame_bytes=frame_bytes)
     total = per_transition * agent.replay_capacity * games
     say(f"replay memory: {per_transition:,.0f} B per stored transition x {agent.replay_capacity:,} per task x "
-        f"{games} tasks = {_gib(total)}")
+        f"{games} tasks = {_gib(total)}{measured}")
     if config.task_inference == "fmn":
         most = per_transition * agent.replay_capacity * agent.network.max_tasks
         say(f"  forget-me-not may open up to agent.network.max_tasks = {agent.network.max_tasks} buffers: {_gib(most)}")
@@ -70,6 +75,23 @@ def check_run(config: RunConfig, say: Callable[[str], None] = print) -> None:
         f"{1e3 * step_s:.2f} ms / {actors.num_env_actors} actors = {_duration(env_s)}, learner {updates:,} updates x "
         f"{1e3 * update_s:.1f} ms = {_duration(learner_s)}): {pace} the pace; at most "
         f"{_duration(env_s + learner_s)} where they share cores (evaluation, Fisher and start-up not included)")
+
+
+def compressed_frame_bytes(config: RunConfig) -> tuple[float | None, str]:
+    """With compressed replay: the mean bytes per stored frame over the config's games, measured on
+    random play, and what to say about it; (None, "") with raw frames."""
+    if config.agent.replay_compression == "none":
+        return None, ""
+    per_game = {}
+    for i, game in enumerate(dict.fromkeys(config.games)):
+        frames = random_policy_frames(game, COMPRESSION_SAMPLE_FRAMES, seed=config.seed + i, settings=config.env)
+        per_game[game] = LZ4Frames.mean_compressed_bytes(frames)
+    largest = max(per_game, key=per_game.get)
+    raw = int(np.prod(config.agent.network.frame_shape))
+    mean = sum(per_game.values()) / len(per_game)
+    return mean, (f" (frames {config.agent.replay_compression}-compressed: {mean:,.0f} B per frame on average over "
+                  f"{COMPRESSION_SAMPLE_FRAMES} frames of random play per game, up to {per_game[largest]:,.0f} B "
+                  f"for {largest}; {raw:,} B raw)")
 
 
 def time_learner_update(config: RunConfig) -> tuple[float, str]:

@@ -103,14 +103,26 @@ def learner_device(requested: str, has_gpu: bool) -> str:
     return {"auto": "cuda" if has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[requested]
 
 
-def replay_bytes_per_transition(agent: DQNConfig) -> float:
-    """Bytes one stored transition takes in the run's replay: its real layout, measured on a tiny buffer."""
-    from agents.replay import FrameReplay
+def replay_bytes_per_transition(agent: DQNConfig, *, frame_bytes: float | None = None, raw: bool = False) -> float:
+    """Bytes one stored transition takes in the run's replay (`agents.replay.planned_bytes_per_slot`): compressed
+    frames at `frame_bytes` each, or at the planned share of a raw frame; `raw`: with raw frames, as the
+    checkpoints' replay files keep them."""
+    from agents.replay import planned_bytes_per_slot
 
     network = agent.network
-    buffer = FrameReplay(network.frame_stack + 1, network.frame_shape, network.frame_stack,
-                         n_step=agent.n_step, gamma=agent.gamma)
-    return buffer.bytes_per_transition
+    compression = "none" if raw else agent.replay_compression
+    return planned_bytes_per_slot(network.frame_shape, network.frame_stack, agent.n_step, compression, frame_bytes)
+
+
+def replay_memory_line(config: RunConfig) -> str:
+    """What the run's replay buffers will hold in memory, planned (said at the start of a run)."""
+    agent, tasks = config.agent, len(set(config.games))
+    planned = replay_bytes_per_transition(agent) * agent.replay_capacity * tasks
+    how = ("raw frames" if agent.replay_compression == "none" else
+           f"{agent.replay_compression}-compressed frames planned at a fifth of raw; TensorBoard's replay/memory_mb "
+           "shows the real size")
+    return (f"replay up to {agent.replay_capacity:,} transitions per task x {tasks} task(s): "
+            f"{planned / 2**30:.2f} GiB ({how})")
 
 
 # ---- ranges checked after types -----------------------------------------------------------
@@ -308,9 +320,10 @@ def _check_memory(config: RunConfig) -> None:
     except (ValueError, OSError, AttributeError):
         return
     if needed > 0.8 * available:
+        planned = "" if config.agent.replay_compression == "none" else ", compressed frames planned at a fifth of raw"
         raise UsageError(
             f"replay buffers need {needed / 2**30:.1f} GiB ({len(config.games)} games x "
-            f"{config.agent.replay_capacity} transitions x {per_transition:.0f} B) but this machine has "
+            f"{config.agent.replay_capacity} transitions x {per_transition:.0f} B{planned}) but this machine has "
             f"{available / 2**30:.1f} GiB: lower agent.replay_capacity"
         )
 

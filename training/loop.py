@@ -20,7 +20,7 @@ import ray
 from agents.dqn.actor import CollectResult
 from common.errors import RunAborted
 from training import records
-from training.config import RunConfig
+from training.config import RunConfig, replay_memory_line
 from training.evaluation import EvalRounds
 from training.feeding import Feeder
 from training.hooks import TrainerHook
@@ -64,7 +64,7 @@ class Trainer:
                 self.actors = start_actors(self.config, self.strategy.actors(self.config))
                 self.writer.placement(self.actors.where)
                 self.say(f"actors started on {len({p['node_id'] for p in self.actors.where.values()})} node(s); "
-                         f"learner on {self.actors.device}")
+                         f"learner on {self.actors.device}; {replay_memory_line(self.config)}")
                 self.feeder = Feeder(self.actors, self.progress, self.writer, on_collect=self._on_collect,
                                      on_add=self._on_add, on_train=self._on_train)
                 self.evals = EvalRounds(self.config, self.actors, self.progress, self.say)

@@ -189,7 +189,7 @@ def for_run(config: RunConfig, directory: Path) -> tuple[ReplayFiles, str]:
     them, and the line that says so."""
     agent, logging, tasks = config.agent, config.logging, len(set(config.games))
     slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + the older ones' files
-    needed = tasks * slots * replay_bytes_per_transition(agent)
+    needed = tasks * slots * replay_bytes_per_transition(agent, raw=True)  # the files keep frames raw
     free = free_bytes(next(p for p in (directory, *directory.parents) if p.exists()))
     fits = needed <= FITS_SHARE * free
     files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk,

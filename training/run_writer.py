@@ -41,6 +41,7 @@ class Interval:
     skipped_nonfinite: int = 0
     ewc_penalty: float = 0.0  # the latest value the learner computed
     ewc_grad_ratio: dict[str, float] | None = None  # the latest per-layer EWC / TD gradient norms
+    replay_bytes: int = 0  # the learner's replay memory at its latest report
 
     def add_returns(self, game: str, steps: int, episode_returns: list[float]) -> None:
         self.steps += steps
@@ -55,6 +56,7 @@ class Interval:
             self.ewc_penalty = result.ewc_penalty
         if result.ewc_grad_ratio is not None:
             self.ewc_grad_ratio = result.ewc_grad_ratio
+        self.replay_bytes = result.replay_bytes or self.replay_bytes
 
 
 class RunWriter:
@@ -140,6 +142,7 @@ class RunWriter:
         for layer, ratio in (line.ewc_grad_ratio or {}).items():
             self.scalar(f"ewc/grad_ratio/{layer}", ratio, frames)
         scalars = {"train/epsilon": epsilon, "train/task": task, "replay/fill": replay_size / replay_capacity,
+                   "replay/memory_mb": interval.replay_bytes / 2**20,
                    "perf/env_steps_per_s": line.env_steps_per_s, "perf/updates_per_s": line.updates_per_s,
                    **extra_scalars}
         for tag, value in scalars.items():

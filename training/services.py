@@ -52,6 +52,7 @@ class TrainResult:
     weights_nonfinite: bool = False
     train_s: float = 0.0  # wall time inside `train`
     train_cpu_s: float = 0.0  # this process's CPU time meanwhile (a benchmark reads both)
+    replay_bytes: int = 0  # what the replay buffers hold in memory now
 
     def divergence(self, max_nonfinite_in_a_row: int) -> str | None:
         """Why training cannot go on (NaN/inf weights, or too many NaN/inf updates in a row), if it cannot."""
@@ -71,7 +72,8 @@ class LearnerService:
         self.learner = Learner(agent, device=device, seed=config.seed, compile_step=config.actors.learner_compile)
         network = agent.network
         self.replay = TaskReplay(agent.replay_capacity, max_tasks=network.max_tasks, frame_shape=network.frame_shape,
-                                 stack=network.frame_stack, seed=config.seed, n_step=agent.n_step, gamma=agent.gamma)
+                                 stack=network.frame_stack, seed=config.seed, n_step=agent.n_step, gamma=agent.gamma,
+                                 compression=agent.replay_compression)
         self.fmn = ForgetMeNot.from_config(config.fmn, network.frame_shape) if config.task_inference == "fmn" else None
         self.confusion: dict[str, dict[int, int]] = {}
         self.task_updates: dict[int, int] = {}  # updates trained per task
@@ -144,6 +146,7 @@ class LearnerService:
             nonfinite_in_a_row=self.learner.nonfinite_in_a_row,
             weights_nonfinite=sums.get("weights_nonfinite", 0.0) > 0,
             train_s=time.perf_counter() - started,
+            replay_bytes=self.replay.nbytes,
             train_cpu_s=time.process_time() - cpu_started,
         )
 

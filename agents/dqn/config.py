@@ -9,6 +9,8 @@ from common.errors import UsageError
 
 FisherKind = Literal["softmax_exact", "softmax_sample", "td_empirical"]
 FISHER_KINDS: tuple[str, ...] = ("softmax_exact", "softmax_sample", "td_empirical")
+ReplayCompression = Literal["none", "lz4"]
+REPLAY_COMPRESSIONS: tuple[str, ...] = ("none", "lz4")
 # Longest n-step return: a sanity bound. Longer returns are nearly Monte-Carlo (their variance, and their
 # bias off-policy, grow with n), and sampling walks each episode forward one step at a time.
 MAX_N_STEP = 20
@@ -34,6 +36,9 @@ class DQNConfig:
     update_period: int = 4  # agent steps per learner update
     learning_starts: int = 50_000  # transitions in a task's buffer before it is trained on
     replay_capacity: int = 500_000  # transitions per task (the paper also mentions 50k)
+    # How replay stores frames (agents/replay.py): "lz4" compresses each frame (an Atari frame: 7,056 B raw,
+    # a few hundred B compressed); "none" keeps them raw (MinAtar's 1,000 B grids: cheaper to read raw)
+    replay_compression: ReplayCompression = "lz4"
     # CLEAR-style rehearsal: this share of every minibatch comes from the earlier tasks' buffers (each sample
     # trained with its own task's gains and biases); the buffers exist anyway, so it costs no memory. 0: off
     rehearsal_share: float = 0.0
@@ -62,5 +67,8 @@ class DQNConfig:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise UsageError(f"rehearsal_share must lie in [0, 1), got {self.rehearsal_share}")
+        if self.replay_compression not in REPLAY_COMPRESSIONS:
+            raise UsageError(f"replay_compression must be one of {', '.join(REPLAY_COMPRESSIONS)}, "
+                             f"got {self.replay_compression!r}")
         if not 1 <= self.n_step <= MAX_N_STEP:
             raise UsageError(f"n_step must lie in [1, {MAX_N_STEP}], got {self.n_step}")

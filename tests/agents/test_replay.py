@@ -7,6 +7,8 @@ episode boundary, the overwrite point, or another actor's frames would match non
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -124,8 +126,9 @@ def check_samples(buffer: FrameReplay, episodes: list[dict], write_order: list[t
     assert batch.terminals.any() and not batch.terminals.all()
 
 
-def test_single_stream_from_real_pong_wraps_and_samples_exact_stacks(pong_episodes):
-    buffer = FrameReplay(capacity=400, frame_shape=FRAME, stack=STACK, seed=1)
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_single_stream_from_real_pong_wraps_and_samples_exact_stacks(pong_episodes, compression):
+    buffer = FrameReplay(capacity=400, frame_shape=FRAME, stack=STACK, seed=1, compression=compression)
     write_order = []
     for e, ep in enumerate(pong_episodes):
         buffer.start_episode(ep["frames"][0])
@@ -137,7 +140,8 @@ def test_single_stream_from_real_pong_wraps_and_samples_exact_stacks(pong_episod
     check_samples(buffer, pong_episodes, write_order, draws=3000)
 
 
-def test_interleaved_chunks_from_two_actors_follow_each_actors_frames(pong_episodes):
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_interleaved_chunks_from_two_actors_follow_each_actors_frames(pong_episodes, compression):
     """Two actors' chunks land interleaved; stacks must follow each actor's own frames."""
     actors = {"a": [0, 2, 4], "b": [1, 3]}
     chunks: dict[str, list[tuple[TransitionChunk, list[tuple[int, int]]]]] = {}
@@ -155,7 +159,7 @@ def test_interleaved_chunks_from_two_actors_follow_each_actors_frames(pong_episo
                     keys = []
         chunks[name].append((builder.take(), keys))
 
-    buffer = FrameReplay(capacity=600, frame_shape=FRAME, stack=STACK, seed=2)
+    buffer = FrameReplay(capacity=600, frame_shape=FRAME, stack=STACK, seed=2, compression=compression)
     write_order = []
     queues = {name: list(items) for name, items in chunks.items()}
     while any(queues.values()):
@@ -224,6 +228,29 @@ def test_bytes_per_transition_and_uint8_storage():
     assert buffer.bytes_per_transition == 84 * 84 + 8 + 1 + 4 + 1  # frame, link, action, reward, terminal
     fill(buffer, [5])
     assert buffer.slots(0, 6)["frames"].dtype == np.uint8
+
+
+def test_compressed_frames_sample_what_raw_frames_do_in_a_fraction_of_the_memory(pong_episodes):
+    raw, packed = (FrameReplay(capacity=300, seed=5, n_step=3, compression=c) for c in ("none", "lz4"))
+    for buffer in (raw, packed):
+        for ep in pong_episodes:  # ~1,000 writes: wraps three times, so slots are overwritten
+            buffer.start_episode(ep["frames"][0])
+            for t, action in enumerate(ep["actions"]):
+                buffer.add(action, ep["rewards"][t], ep["terminals"][t], ep["frames"][t + 1], ep["ends"][t])
+    a, b = draw(raw, 256), draw(packed, 256)
+    for name in ("states", "actions", "rewards", "terminals", "discounts", "next_states"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    b.states[0] = 1  # a sample is the caller's to change
+    assert packed.nbytes < raw.nbytes / 8  # Pong frames are mostly flat areas
+    blobs = packed._frames._blobs  # the running count agrees with a recount after the overwrites
+    assert packed._frames.nbytes == blobs.nbytes + sum(sys.getsizeof(blob) for blob in blobs)
+    restored = FrameReplay(capacity=300, seed=5, n_step=3, compression="lz4")
+    restored.load_state_dict(raw.state_dict())  # checkpoints hold raw frames, whichever way they were kept
+    assert restored.nbytes == packed.nbytes
+    first, stop = packed.live_writes()
+    assert np.array_equal(restored.slots(first, stop)["frames"], raw.slots(first, stop)["frames"])
+    with pytest.raises(UsageError, match="compression must be one of none, lz4"):
+        FrameReplay(capacity=10, compression="zip")
 
 
 def test_state_dict_round_trip_continues_identically():

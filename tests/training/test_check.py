@@ -33,10 +33,21 @@ def test_check_measures_a_shipped_atari_config_and_exits_0(name, capsys):
 def test_check_reads_set_overrides(capsys):
     code, out, err = check(capsys, "--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "agent.n_step=3",
                            "--set", "env.screen_size=64", "--set", "agent.network.frame_shape=[64, 64]",
-                           "--set", "agent.replay_capacity=1000")
+                           "--set", "agent.replay_capacity=1000", "--set", "agent.replay_compression=none")
     assert code == 0, err
     # a 64x64 frame, the backward link, action, reward, terminal, and the forward link n-step returns walk
     assert f"{64 * 64 + 8 + 1 + 4 + 1 + 8:,} B per stored transition x 1,000 per task x 2 tasks" in out
+
+
+def test_check_measures_compressed_frames_on_the_configs_games(capsys):
+    code, out, err = check(capsys, "--config", str(ROOT / "configs" / "smoke.yaml"))
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("replay memory"))
+    per_transition = int(re.search(r"replay memory: ([\d,]+) B", line)[1].replace(",", ""))
+    largest = re.search(r"up to ([\d,]+) B for (Pong|Breakout); 7,056 B raw", line)
+    assert largest, line
+    # Pong and Breakout frames compress far below a raw 84x84 frame; the slot's other fields stay raw
+    assert 14 + 100 < per_transition <= 14 + int(largest[1].replace(",", "")) < 7056
 
 
 def test_a_screen_size_the_network_does_not_take_exits_2_naming_both_keys(capsys):
