@@ -31,8 +31,8 @@ import torch
 from agents.dqn.actor import EnvRunner
 from agents.dqn.learning import anchored_learner
 from agents.replay import Batch, LZ4Frames
-from envs.games import random_policy_frames
 from common.threads import torch_threads
+from envs.games import random_policy_frames
 from training.config import RunConfig, learner_device, replay_bytes_per_transition
 
 COMPRESSION_SAMPLE_FRAMES = 300  # frames of random play per game whose compressed size is measured
