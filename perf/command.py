@@ -17,6 +17,9 @@ Sections (--sections, comma-separated; default all):
   replay   bytes per stored transition of --game's frames (agent.replay_compression as configs/paper.yaml has
            it; vs 4x84x84x2 naive stacked storage) and sampling rate of stacked batches
   fisher   per-sample Fisher samples/s: the Atari Q-network and the 784-400-400-10 MLP
+  eval     seconds of one evaluation round by an untrained network: 8 episodes one at a time (the earlier
+           default) vs 32 at once (today's), on MinAtar Freeway (configs/minatar.yaml, 2,500-step episodes)
+           and on --game with the paper's network (episodes cut at 18,000 frames)
   actors   env-only steps/s of 1, 2 and 4 Ray env actors (acting with the network, no learner)
   minatar  on MinAtar SpaceInvaders with MinAtar's network at one update per agent step: env steps/s
            of our trainer, of a single-process loop over the same pieces and of RLlib's DQN, and the
@@ -48,7 +51,9 @@ from typing import Any
 from common.errors import UsageError
 from training.cluster import init_ray, set_ray_environment
 
-SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "actors", "minatar", "time_to_score")
+SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "eval", "actors", "minatar", "time_to_score")
+EVAL_MINATAR_GAME = "MinAtar/Freeway"  # the longest MinAtar episodes (2,500 steps): the costliest round
+EVAL_ATARI_MAX_FRAMES = 18_000  # an untrained network's Atari episode cut at 4,500 agent steps
 TARGETS = {  # the project's targets on a 2-core CPU machine (docs/performance.md)
     "train_ratio_min": 1.8,  # our env steps/s over RLlib's, the paper's network, matched threads
     "learner_ratio_min": 0.9,  # our learner's updates/s over the bare update loop's (perf.measure.BareUpdate)
@@ -209,7 +214,7 @@ class Bench:
         started = time.monotonic()
         self.report["device"] = device_info()
         self.report["config"] = self.config_summary()
-        for name, key in (("replay", "replay"), ("fisher", "fisher"), ("ewc", "ewc_overhead")):
+        for name, key in (("replay", "replay"), ("fisher", "fisher"), ("ewc", "ewc_overhead"), ("eval", "eval_round")):
             if name in self.sections:
                 self.say(f"section {name}")
                 self.report[key] = getattr(self, f"section_{name}")()
@@ -278,6 +283,23 @@ class Bench:
 
         out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s, compile_step=self.compile_step)
         out["torch_threads"] = self.threads
+        return out
+
+    def section_eval(self) -> dict[str, Any]:
+        from perf.measure import eval_round_seconds
+        from perf.minatar import minatar_run_config
+
+        minatar = minatar_run_config(game=EVAL_MINATAR_GAME)
+        cap = {"minatar": 400, "atari": 400} if self.args.tiny else {"minatar": minatar.eval.max_episode_frames,
+                                                                    "atari": EVAL_ATARI_MAX_FRAMES}
+        out: dict[str, Any] = {}
+        for family, game, network, settings in (
+                ("minatar", EVAL_MINATAR_GAME, minatar.agent.network, minatar.env),
+                ("atari", self.game, self.agent.network, self.run_config.env)):
+            self.say(f"eval: one round of {game}, one episode at a time and all at once")
+            figures = eval_round_seconds(network, settings, game, max_episode_frames=cap[family])
+            out.update({f"{family}_{key}": value for key, value in figures.items()})
+            out[f"{family}_game"] = game
         return out
 
     # ---- training systems ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.dqn.actor import EnvRunner
 from agents.dqn.config import DQNConfig
 from agents.dqn.fisher import q_network_fisher
 from agents.dqn.learning import Learner, anchored_learner, synthetic_anchors
@@ -23,6 +24,7 @@ from agents.dqn.networks import NetworkConfig, QNetwork
 from agents.replay import Batch, FrameReplay, TransitionChunk
 from common.errors import UsageError
 from common.threads import torch_threads
+from envs.settings import EnvSettings
 from ewc import EWCPenalty, diagonal_fisher
 from experiments.permuted_mnist import MLP
 
@@ -296,6 +298,28 @@ def replay_figures(*, capacity: int, batch_size: int, seconds: float, game: str,
     }
 
 
+# ---- evaluation rounds ----------------------------------------------------------------------------
+
+
+def eval_round_seconds(network: NetworkConfig, settings: EnvSettings, game: str, *, max_episode_frames: int,
+                       one_at_a_time: int = 8, batched: int = 32, epsilon: float = 0.05) -> dict[str, float]:
+    """Wall seconds of one evaluation round of `game` by an untrained network on one torch thread (as an
+    evaluator actor has): `one_at_a_time` episodes played one after another (the earlier default, 8) and
+    `batched` episodes played at once, one forward pass per step for all of them (today's default, 32)."""
+    runner = EnvRunner(0, 1, network, settings, seed=0)
+    out: dict[str, float] = {}
+    with torch_threads(1):
+        for name, episodes, parallel in (("one_at_a_time", one_at_a_time, 1), ("batched", batched, None)):
+            started = time.perf_counter()
+            runner.evaluate(game, 0, episodes, epsilon, max_episode_frames, parallel=parallel)
+            out[f"{name}_s"] = time.perf_counter() - started
+            out[f"{name}_episodes"] = episodes
+    runner.close()
+    out["batched_over_one_at_a_time"] = out["batched_s"] / out["one_at_a_time_s"]
+    out["max_episode_frames"] = max_episode_frames
+    return out
+
+
 # ---- Fisher ---------------------------------------------------------------------------------------
 
 
@@ -373,7 +397,6 @@ def actor_scaling(
     """
     import ray
 
-    from envs.settings import EnvSettings
     from training.actors import EnvActor
 
     out: dict[str, float] = {}

@@ -25,6 +25,8 @@ SECTION_KEYS = {
     "fisher": {"atari_softmax_exact_samples_per_s", "atari_softmax_sample_samples_per_s",
                "atari_td_empirical_samples_per_s", "mnist_exact_samples_per_s", "mnist_sample_samples_per_s",
                "mnist_empirical_samples_per_s"},
+    "eval_round": {f"{family}_{key}" for family in ("minatar", "atari") for key in (
+        "one_at_a_time_s", "batched_s", "one_at_a_time_episodes", "batched_episodes", "batched_over_one_at_a_time")},
     "actors": {"actors_1_env_steps_per_s", "actors_2_env_steps_per_s", "actors_4_env_steps_per_s",
                "raw_env_steps_per_s_one_process", "act_forward_ms"},
     "minatar": {"ours_env_steps_per_s", "loop_env_steps_per_s", "rllib_env_steps_per_s", "limit_env_steps_per_s",
