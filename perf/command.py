@@ -51,7 +51,10 @@ from typing import Any
 from common.errors import UsageError
 from training.cluster import init_ray, set_ray_environment
 
-SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "eval", "actors", "minatar", "time_to_score")
+SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "eval", "actors", "minatar", "time_to_score", "gpu")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # gpu: with --gpu-quick, or named
+GPU_QUICK_SECTIONS = ("train", "learner", "gpu")
+GPU_BATCH_SIZES = (32, 64, 128)
 EVAL_MINATAR_GAME = "MinAtar/Freeway"  # the longest MinAtar episodes (2,500 steps): the costliest round
 EVAL_ATARI_MAX_FRAMES = 18_000  # an untrained network's Atari episode cut at 4,500 agent steps
 TARGETS = {  # the project's targets on a 2-core CPU machine (docs/performance.md)
@@ -74,8 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="measurement window of each training system after learning started (default 30); "
                              "the micro-benchmarks scale with it")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but gpu)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                        help="where every learner section runs: our learner, the bare update, RLlib's learner "
+                             "(default cpu; with --gpu-quick, auto: the GPU where there is one)")
+    parser.add_argument("--gpu-quick", action="store_true",
+                        help=f"the short GPU set (sections {','.join(GPU_QUICK_SECTIONS)}): the paper's network at the "
+                             "paper's replay ratio with one env actor per spare CPU core, ours and RLlib's, and the "
+                             f"update time at batch {'/'.join(map(str, GPU_BATCH_SIZES))} with and without a compiled "
+                             "optimizer step; a few minutes on a one-GPU node")
     parser.add_argument("--skip-rllib", action="store_true", help="train section without RLlib (machines without it)")
     parser.add_argument("--game", default="Pong", help="Atari game of the training runs (default Pong)")
     parser.add_argument("--learning-starts", type=int, default=1000,
@@ -140,7 +151,10 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"--rllib-fragment must be positive, got {args.rllib_fragment}")
     if args.score_seeds < 1 or not args.score_cap_s > 0:
         raise UsageError("--score-seeds must be at least 1 and --score-cap-s positive")
-    sections = parse_sections(args.sections)
+    if args.gpu_quick and args.sections is not None:
+        raise UsageError(f"--gpu-quick runs the sections {','.join(GPU_QUICK_SECTIONS)}: leave out --sections")
+    sections = list(GPU_QUICK_SECTIONS) if args.gpu_quick else parse_sections(args.sections or ",".join(DEFAULT_SECTIONS))
+    args.device = bench_device(args.device or ("auto" if args.gpu_quick else "cpu"))
     if args.profile:
         if "minatar" not in sections:
             raise UsageError("--profile samples the minatar section's run of our trainer: include minatar in --sections")
@@ -150,7 +164,24 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return sections
 
 
-def device_info() -> dict[str, Any]:
+def bench_device(requested: str) -> str:
+    """--device as a torch device: "auto" is the GPU where there is one; "cuda" without one is a usage error."""
+    import torch
+
+    from training.config import learner_device
+
+    has_gpu = torch.cuda.is_available()
+    if requested == "cuda" and not has_gpu:
+        raise UsageError("--device cuda: torch sees no CUDA device on this machine (use --device cpu or auto)")
+    return learner_device(requested, has_gpu)
+
+
+def spare_cpu_actors() -> int:
+    """Env actors for --gpu-quick: one per CPU core beyond the driver's and the learner's, at least 2."""
+    return max(2, (os.cpu_count() or 4) - 2)
+
+
+def device_info(device: str = "cpu") -> dict[str, Any]:
     import numpy
     import torch
 
@@ -163,7 +194,8 @@ def device_info() -> dict[str, Any]:
     except OSError:
         pass
     info = {
-        "device": "cpu",  # the learner's torch device in every section
+        "device": device,  # the learner's torch device in every learner section (env actors: always the CPU)
+        "cuda_device": torch.cuda.get_device_name() if device == "cuda" else None,
         "cpu_model": model,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -192,9 +224,13 @@ class Bench:
         self.sections = sections
         self.quiet = args.quiet
         self.game = resolve_game(args.game)
+        self.device = args.device
+        actors = {"learner_compile": False} if args.eager_step else {}
+        if args.gpu_quick:
+            actors["num_env_actors"] = spare_cpu_actors()
         self.run_config = bench_run_config(
             game=self.game, learning_starts=args.learning_starts, learner_threads=args.learner_threads, tiny=args.tiny,
-            overrides={"actors": {"learner_compile": False}} if args.eager_step else None,
+            overrides={"actors": actors} if actors else None, device=self.device,
         )
         self.compile_step = self.run_config.actors.learner_compile
         self.agent = self.run_config.agent
@@ -212,7 +248,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        self.report["device"] = device_info()
+        self.report["device"] = device_info(self.device)
         self.report["config"] = self.config_summary()
         for name, key in (("replay", "replay"), ("fisher", "fisher"), ("ewc", "ewc_overhead"), ("eval", "eval_round")):
             if name in self.sections:
@@ -229,6 +265,9 @@ class Bench:
         if "time_to_score" in self.sections:
             self.say("section time_to_score")
             self.report["time_to_score"] = self.section_time_to_score()
+        if "gpu" in self.sections:
+            self.say("section gpu")
+            self.report["gpu"] = self.section_gpu()
         self.report["targets"] = targets(self.report)
         self.report["device"]["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         self.report["wall_s"] = round(time.monotonic() - started, 1)
@@ -281,7 +320,8 @@ class Bench:
     def section_ewc(self) -> dict[str, Any]:
         from perf.measure import ewc_overhead
 
-        out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s, compile_step=self.compile_step)
+        out = ewc_overhead(self.agent, threads=self.threads, seconds=2 * self.micro_s, compile_step=self.compile_step,
+                           device=self.device)
         out["torch_threads"] = self.threads
         return out
 
@@ -302,6 +342,21 @@ class Bench:
             out[f"{family}_game"] = game
         return out
 
+    def section_gpu(self) -> dict[str, Any]:
+        """Update times by batch size and optimizer step, plus the training sections' headline figures."""
+        from perf.measure import update_ms_by_batch
+
+        out: dict[str, Any] = {"device": self.device, "cuda_device": self.report["device"]["cuda_device"],
+                               "num_env_actors": self.run_config.actors.num_env_actors}
+        out.update(update_ms_by_batch(self.agent, batch_sizes=GPU_BATCH_SIZES, threads=self.threads,
+                                      seconds=min(self.micro_s, 5.0), device=self.device))
+        train, learner = self.report.get("train", {}), self.report.get("learner", {})
+        out.update(ours_env_steps_per_s=train.get("ours_env_steps_per_s"), ours_updates_per_s=train.get("ours_updates_per_s"),
+                   rllib_env_steps_per_s=train.get("rllib_env_steps_per_s"),
+                   rllib_updates_per_s=train.get("rllib_updates_per_s"),
+                   learner_busy_fraction=learner.get("learner_busy_fraction"))
+        return out
+
     # ---- training systems ----------------------------------------------------------------------
 
     def training_sections(self) -> None:
@@ -309,19 +364,21 @@ class Bench:
 
         bare_s = self.micro_s / 2
         self.say(f"bare update loop ({self.threads} thread(s)), before the system run")
-        bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
+        bare_before = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step,
+                                         device=self.device)
         self.say(f"our trainer: {self.game}, measuring {self.seconds:g} s after learning starts")
         ours = self.run_ours()
         self.say(f"ours: {ours['env_steps_per_s']:.1f} env steps/s, {ours['updates_per_s']:.2f} updates/s "
                  f"(learner busy {ours['learner_busy_fraction']:.0%})")
         self.say("bare update loop, after the system run")
-        bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step)
+        bare_after = bare_updates_per_s(self.agent, threads=self.threads, seconds=bare_s, compile_step=self.compile_step,
+                                        device=self.device)
         bare = (bare_before + bare_after) / 2  # brackets the system run: drifting background load averages out
         if "learner" in self.sections:
             self.say("learner overhead breakdown (bare / Learner.update / replay sample + update)")
             breakdown = learner_breakdown(self.agent, threads=self.threads, seconds=self.micro_s,
                                           replay_capacity=5_000 if self.args.tiny else 20_000,
-                                          compile_step=self.compile_step)
+                                          compile_step=self.compile_step, device=self.device)
             self.report["learner"] = {
                 "ours_updates_per_s": ours["updates_per_s"],
                 "bare_updates_per_s": bare,
@@ -436,7 +493,7 @@ class Bench:
 
         learning_starts = 500 if self.args.tiny else 5000
         config = minatar_run_config(game=self.args.minatar_game, learning_starts=learning_starts,
-                                    learner_threads=self.threads)
+                                    learner_threads=self.threads, device=self.device)
         run_rllib = None if self.args.skip_rllib else (lambda c: self.run_rllib(self.threads, c))
         out = throughput(config, seconds=self.seconds, run_ours=self.run_ours, run_rllib=run_rllib, say=self.say)
         self.say(f"minatar: ours {out['ours_env_steps_per_s']:.0f}, loop {out['loop_env_steps_per_s']:.0f}, "
@@ -471,7 +528,7 @@ class Bench:
         game, threshold, cap = self.args.minatar_game, self.args.score_threshold, self.args.score_cap_s
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "loop": [], "rllib": []}
         for seed in range(self.args.score_seeds):
-            config = score_config(game, seed, self.threads)
+            config = score_config(game, seed, self.threads, self.device)
             self.say(f"time to score {threshold:g} on {game}, seed {seed}: ours")
             init_local_ray()
             try:

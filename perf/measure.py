@@ -7,6 +7,7 @@ rates over a stated window.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -114,14 +115,47 @@ class BareUpdate:
     `Learner.update` adds around them (batch checks, metrics, finiteness checks, target syncs) and
     without replay or actors: the compute limit. `compile_step` as in `Learner`."""
 
-    def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False):
-        self.learner = anchored_learner(config, ewc_tasks=ewc_tasks, seed=seed, compile_step=compile_step)
+    def __init__(self, config: DQNConfig, *, ewc_tasks: int = 1, seed: int = 0, compile_step: bool = False,
+                 device: str = "cpu"):
+        self.learner = anchored_learner(config, ewc_tasks=ewc_tasks, seed=seed, compile_step=compile_step, device=device)
         self.pull = self.learner._ewc_pull() if ewc_tasks else None
         self.tensors = to_tensors(Batch.random(config.batch_size, config.network, seed=seed), self.learner.device)
 
     def __call__(self) -> None:
         _, grads, norm = self.learner.td_gradient(self.tensors, 0)
         self.learner.clipped_step(grads, float(norm), self.pull)  # the learner syncs on the norm too (metrics)
+        if self.learner.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's queued GPU work belongs to this update's time
+
+
+def update_ms_by_batch(config: DQNConfig, *, batch_sizes: tuple[int, ...], threads: int, seconds: float,
+                       device: str) -> dict[str, Any]:
+    """Milliseconds of a `BareUpdate` (EWC-anchored) at each batch size, with the eager and the compiled
+    optimizer step, interleaved; and whether the compiled step did compile on this machine."""
+    fns: dict[str, Callable[[], Any]] = {}
+    compiled = []
+    for batch_size in batch_sizes:
+        sized = dataclasses.replace(config, batch_size=batch_size)
+        fns[f"batch_{batch_size}_eager"] = BareUpdate(sized, device=device)
+        fns[f"batch_{batch_size}_compiled_step"] = update = BareUpdate(sized, device=device, compile_step=True)
+        compiled.append(update)
+    medians = with_threads(threads, lambda: interleaved_medians(fns, seconds=seconds, block=2))
+    out: dict[str, Any] = {f"update_ms_{name}": 1e3 * value for name, value in medians.items()}
+    out["compiled_optimizer_step"] = all(update.learner.step_compiled for update in compiled)
+    return out
+
+
+def synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """`fn`, then wait for the GPU's queued work, so that a timer around it counts that work too."""
+    if device != "cuda":
+        return fn
+
+    def run() -> Any:
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
@@ -131,23 +165,25 @@ def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
 
 
 def bare_updates_per_s(
-    config: DQNConfig, *, threads: int, seconds: float, ewc_tasks: int = 1, compile_step: bool = False
+    config: DQNConfig, *, threads: int, seconds: float, ewc_tasks: int = 1, compile_step: bool = False,
+    device: str = "cpu",
 ) -> float:
     """Updates/s of `BareUpdate` with `threads` torch threads: 1 / median time of blocks of 3 updates
     over about `seconds` (a median shrugs off bursts of load from other processes)."""
-    update = BareUpdate(config, ewc_tasks=ewc_tasks, compile_step=compile_step)
+    update = BareUpdate(config, ewc_tasks=ewc_tasks, compile_step=compile_step, device=device)
     median = with_threads(threads, lambda: interleaved_medians({"bare": update}, seconds=seconds, block=3))["bare"]
     return 1.0 / median
 
 
 def learner_breakdown(
-    config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000, compile_step: bool = False
+    config: DQNConfig, *, threads: int, seconds: float, replay_capacity: int = 20_000, compile_step: bool = False,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Seconds per update, interleaved: `BareUpdate`, `Learner.update` on a ready batch, and replay
     sampling + `Learner.update` (what the learner actor's `train` does): where the overhead is.
     With `compile_step`, also the bare update with the eager optimizer step ("bare_eager"): what compiling gains."""
-    bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step)
-    learner = anchored_learner(config, compile_step=compile_step)
+    bare = BareUpdate(config, ewc_tasks=1, compile_step=compile_step, device=device)
+    learner = anchored_learner(config, compile_step=compile_step, device=device)
     batch = Batch.random(config.batch_size, config.network)
     replay = FrameReplay(replay_capacity, seed=0, n_step=config.n_step, gamma=config.gamma,
                          compression=config.replay_compression)
@@ -162,7 +198,7 @@ def learner_breakdown(
         "sample_and_update": sampled,
     }
     if compile_step:
-        fns["bare_eager"] = BareUpdate(config, ewc_tasks=1)
+        fns["bare_eager"] = BareUpdate(config, ewc_tasks=1, device=device)
     samples = with_threads(threads, lambda: interleaved_samples(fns, seconds=seconds, block=2))
     out: dict[str, Any] = {f"{name}_ms": 1e3 * statistics.median(values) for name, values in samples.items()}
     for name in fns:
@@ -176,7 +212,8 @@ def learner_breakdown(
 
 
 def ewc_overhead(
-    config: DQNConfig, *, threads: int, seconds: float, report_every_s: float | None = None, compile_step: bool = False
+    config: DQNConfig, *, threads: int, seconds: float, report_every_s: float | None = None, compile_step: bool = False,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """The EWC penalty's cost per `Learner.update`, merged from 1 and from 10 tasks, against no penalty.
 
@@ -201,7 +238,7 @@ def ewc_overhead(
     }
     learners = {}  # one per case, so that no timed call pays for switching anchors
     for name, (state, tasks) in states.items():
-        learners[name] = Learner(config, compile_step=compile_step)
+        learners[name] = Learner(config, compile_step=compile_step, device=device)
         learners[name].set_anchors(state, tasks)
     last_report = {name: -float("inf") for name in states}
 
@@ -220,8 +257,8 @@ def ewc_overhead(
         learner = learners[name]
         for p in learner.online.parameters():
             p.grad = torch.zeros_like(p)
-        return (lambda: learner._optimizer_step(learner._ewc_pull()), learner._optimizer_step,
-                lambda: learner.ewc.value(learner.online))
+        return (synced(lambda: learner._optimizer_step(learner._ewc_pull()), device),
+                synced(learner._optimizer_step, device), synced(lambda: learner.ewc.value(learner.online), device))
 
     def measure() -> tuple[dict[str, list[float]], dict[str, float]]:
         updates = interleaved_samples({name: update_with(name) for name in states}, seconds=seconds, block=2)

@@ -37,10 +37,10 @@ EVAL_EPISODES = 5
 
 
 def minatar_run_config(*, game: str = GAME, learning_starts: int = 5000, learner_threads: int = 1,
-                       seed: int = 0, decay_steps: int | None = None) -> RunConfig:
+                       seed: int = 0, decay_steps: int | None = None, device: str = "cpu") -> RunConfig:
     """configs/minatar.yaml narrowed to one long visit of `game` (one update per agent step)."""
     data = load_yaml(ROOT / "configs" / "minatar.yaml")
-    data.update(run_name="bench_minatar", games=[game], seed=seed)
+    data.update(run_name="bench_minatar", games=[game], seed=seed, device=device)
     data["schedule"].update(order="fixed", repeats=1, frames_per_visit=10**12)
     data["agent"].update(learning_starts=learning_starts, ewc_min_frames=0)
     data["eval"].update(every_frames=0, at_visit_end=False)
@@ -86,7 +86,7 @@ def throughput(config: RunConfig, *, seconds: float, run_ours, run_rllib, say) -
     agent, actors = config.agent, config.actors
     micro = max(2.0, min(10.0, seconds / 3))
     say("minatar: bare learner updates/s and one actor's act + step rate")
-    bare = bare_updates_per_s(agent, threads=actors.learner_threads or 1, seconds=micro)
+    bare = bare_updates_per_s(agent, threads=actors.learner_threads or 1, seconds=micro, device=config.device)
     actor = actor_steps_per_s(config, micro)
     limit = min(bare * agent.update_period, actor * actors.num_env_actors)
     say(f"minatar: our trainer on {config.games[0]}, measuring {seconds:g} s")
@@ -143,9 +143,9 @@ class StopAtScore(TrainerHook):
         return None if self.reached_s is None else "score reached"
 
 
-def score_config(game: str, seed: int, threads: int) -> RunConfig:
+def score_config(game: str, seed: int, threads: int, device: str = "cpu") -> RunConfig:
     """The time-to-score run: MinAtar's learning_starts, evaluations every EVAL_EVERY steps."""
-    config = minatar_run_config(game=game, seed=seed, learner_threads=threads, decay_steps=20_000)
+    config = minatar_run_config(game=game, seed=seed, learner_threads=threads, decay_steps=20_000, device=device)
     data = config_to_dict(config)
     data["eval"].update(every_frames=EVAL_EVERY, episodes=EVAL_EPISODES, at_visit_end=False)
     return config_from_dict(data)

@@ -37,10 +37,13 @@ def bench_run_config(
     learner_threads: int,
     tiny: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
+    device: str = "cpu",
 ) -> RunConfig:
-    """configs/paper.yaml narrowed to one long visit of `game`, learning after `learning_starts` transitions."""
+    """configs/paper.yaml narrowed to one long visit of `game`, learning after `learning_starts` transitions,
+    with the learner on `device`."""
     data = load_yaml(ROOT / "configs" / "paper.yaml")
     data["run_name"] = "bench"
+    data["device"] = device
     data["games"] = [game]
     data["schedule"].update(order="fixed", repeats=1, frames_per_visit=10**12)  # never switches
     data["agent"].update(learning_starts=learning_starts, ewc_min_frames=0)  # anchors count at once

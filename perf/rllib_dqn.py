@@ -123,7 +123,7 @@ def build_rllib_config(run_config: RunConfig, *, fragment: int = DEFAULT_FRAGMEN
             rollout_fragment_length=fragment,
         )
         .resources(num_cpus_for_main_process=actors.learner_cpus)  # num_learners=0: the learner runs here
-        .learners(num_learners=0)
+        .learners(num_learners=0, num_gpus_per_learner=int(run_config.device == "cuda"))
         .rl_module(
             model_config=DefaultModelConfig(
                 conv_filters=valid, conv_activation="relu", head_fcnet_hiddens=[net.hidden], head_fcnet_activation="relu"

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from common.errors import UsageError
 from tests.conftest import run_command
@@ -69,13 +70,33 @@ def test_bench_writes_every_section_under_stable_keys(tmp_path, ray_command):
     assert phases["shares"]["update: backward"] > 0 and phases["processes"]["learner"]["busy_fraction"] > 0
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_gpu_quick_set_runs_on_the_chosen_device(tmp_path, ray_command, device):
+    out = tmp_path / "gpu.json"
+    proc = ray_command("bench", "--gpu-quick", "--device", device, "--tiny", "--seconds", "3", "--learning-starts", "200",
+                       "--skip-rllib", "--json", str(out), "--quiet", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert {"train", "learner", "gpu"} <= set(report) and report["device"]["device"] == device
+    gpu = report["gpu"]
+    assert gpu["device"] == device and gpu["num_env_actors"] >= 2 and gpu["ours_env_steps_per_s"] > 0
+    for batch in (32, 64, 128):
+        assert gpu[f"update_ms_batch_{batch}_eager"] > 0 and gpu[f"update_ms_batch_{batch}_compiled_step"] > 0
+    assert isinstance(gpu["compiled_optimizer_step"], bool) and gpu["rllib_env_steps_per_s"] is None
+
+
 def test_sections_subset_and_bad_input(tmp_path):  # sections that start no Ray, and refusals before it
     out = tmp_path / "replay.json"
     proc = run_command("bench", "--sections", "replay", "--seconds", "3", "--tiny", "--json", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"device", "config", "replay", "targets"} == set(json.loads(out.read_text())) - {"wall_s"}
-    for bad in (["--sections", "replay,gpu"], ["--seconds", "0"], ["--learner-threads", "0"],
-                ["--game", "NoSuchGame", "--sections", "replay"], ["--sections", "replay", "--profile", str(tmp_path)]):
+    bad_input = [["--sections", "replay,nosuch"], ["--seconds", "0"], ["--learner-threads", "0"],
+                 ["--game", "NoSuchGame", "--sections", "replay"], ["--sections", "replay", "--profile", str(tmp_path)],
+                 ["--gpu-quick", "--sections", "replay"], ["--device", "tpu", "--sections", "replay"]]
+    if not torch.cuda.is_available():
+        bad_input.append(["--device", "cuda", "--sections", "replay"])
+    for bad in bad_input:
         proc = run_command("bench", *bad, "--quiet")
         assert proc.returncode == 2 and "error" in proc.stderr, (bad, proc.stderr[-500:])
 
