@@ -132,7 +132,8 @@ class LearnerService:
         metrics: dict[str, float] = {}
         for i in range(num_updates):
             batch, tasks = self.minibatch(task)
-            metrics = self.learner.update(batch, tasks, report_penalty=report and i == num_updates - 1)
+            cloned = tasks != task if isinstance(tasks, Tensor) and self.config.agent.rehearsal_bc else None
+            metrics = self.learner.update(batch, tasks, report_penalty=report and i == num_updates - 1, cloned=cloned)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         self.task_updates[task] = self.task_updates.get(task, 0) + num_updates

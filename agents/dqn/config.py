@@ -42,6 +42,9 @@ class DQNConfig:
     # CLEAR-style rehearsal: this share of every minibatch comes from the earlier tasks' buffers (each sample
     # trained with its own task's gains and biases); the buffers exist anyway, so it costs no memory. 0: off
     rehearsal_share: float = 0.0
+    # CLEAR's behaviour cloning on the rehearsed samples: this weight x the cross-entropy of softmax(Q(s, ·)) to
+    # the action stored with them (agents/dqn/losses.py). 0: off
+    rehearsal_bc: float = 0.0
     # EWC
     ewc_enabled: bool = True  # False: plain DQN baseline (the penalty never counts)
     ewc_lambda: float = 400.0
@@ -67,6 +70,8 @@ class DQNConfig:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise UsageError(f"rehearsal_share must lie in [0, 1), got {self.rehearsal_share}")
+        if not self.rehearsal_bc >= 0.0:
+            raise UsageError(f"rehearsal_bc must be >= 0, got {self.rehearsal_bc}")
         if self.replay_compression not in REPLAY_COMPRESSIONS:
             raise UsageError(f"replay_compression must be one of {', '.join(REPLAY_COMPRESSIONS)}, "
                              f"got {self.replay_compression!r}")

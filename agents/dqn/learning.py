@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 
 from agents.dqn.config import DQNConfig
-from agents.dqn.losses import TDLoss, TensorBatch, double_dqn_loss, to_tensors
+from agents.dqn.losses import (
+    TDLoss,
+    TensorBatch,
+    behaviour_cloning_loss,
+    double_dqn_loss,
+    to_tensors,
+)
 from agents.dqn.networks import QNetwork, layer_of, shared_parameter_names
 from agents.optimizer import (
     Pull,
@@ -84,10 +90,12 @@ class Learner:
 
     # ---- training ------------------------------------------------------------------------
 
-    def update(self, batch: Batch | TensorBatch, task: int | Tensor, *, report_penalty: bool = True) -> dict[str, float]:
-        """One RMSProp step on the TD loss (+ EWC penalty when active); `task`: the batch's task, or one per sample. Returns metrics."""
+    def update(self, batch: Batch | TensorBatch, task: int | Tensor, *, report_penalty: bool = True,
+               cloned: Tensor | None = None) -> dict[str, float]:
+        """One RMSProp step on the TD loss (+ EWC penalty when active, + `agent.rehearsal_bc` x behaviour cloning on
+        the samples where `cloned` is True); `task`: the batch's task, or one per sample. Returns metrics."""
         tensors = to_tensors(batch, self.device, self.config.network.num_actions)
-        td, grads, grad_norm = self.td_gradient(tensors, task)
+        td, grads, grad_norm = self.td_gradient(tensors, task, cloned)
         # The penalty's gradient in closed form (no autograd graph over 6.5M weights), added inside the
         # optimizer step (`_ewc_pull`). Its value is only for logging and costs two more passes over the
         # weights: callers that log once per many updates ask for it once (`report_penalty`); otherwise
@@ -131,16 +139,21 @@ class Learner:
             "updates": self.num_updates,
         }
 
-    def td_gradient(self, tensors: TensorBatch, task: int | Tensor) -> tuple[TDLoss, list[Tensor], Tensor]:
-        """The Double-DQN loss on `tensors` and its gradient, left in the online weights' `.grad`.
+    def td_gradient(self, tensors: TensorBatch, task: int | Tensor,
+                    cloned: Tensor | None = None) -> tuple[TDLoss, list[Tensor], Tensor]:
+        """The Double-DQN loss on `tensors` and its gradient, left in the online weights' `.grad`; with `cloned`
+        (rehearsed samples) and `agent.rehearsal_bc`, the gradient of their behaviour cloning loss too.
 
         Returns the loss terms, the gradients and their global norm (a device tensor: reading it
         syncs, which `update` does once for all its metrics).
         """
         cfg = self.config
         td = double_dqn_loss(self.online, self.target, tensors, task, cfg.huber_delta)
+        loss = td.loss
+        if cloned is not None and cfg.rehearsal_bc:
+            loss = loss + cfg.rehearsal_bc * behaviour_cloning_loss(td.q_values, tensors.actions, cloned)
         self.optimizer.zero_grad(set_to_none=True)
-        td.loss.backward()
+        loss.backward()
         grads = [p.grad for p in self.online.parameters() if p.grad is not None]
         return td, grads, global_norm(grads)  # scaled once its value is read: most updates need no scaling pass
 

@@ -88,13 +88,28 @@ def double_dqn_targets(
     return rewards + discounts * (1.0 - terminals) * next_values
 
 
-def q_taken_and_targets(online: nn.Module, target: nn.Module, batch: TensorBatch, task: int | Tensor) -> tuple[Tensor, Tensor]:
-    """Q_online(s, a) and the Double-DQN targets y: the update's forward passes."""
-    q_taken = online(batch.states, task).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+def q_taken_and_targets(
+    online: nn.Module, target: nn.Module, batch: TensorBatch, task: int | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Q_online(s, ·), Q_online(s, a) and the Double-DQN targets y: the update's forward passes."""
+    q_values = online(batch.states, task)
+    q_taken = q_values.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     targets = double_dqn_targets(
         online, target, batch.rewards, batch.terminals, batch.discounts, batch.next_states, task
     )
-    return q_taken, targets
+    return q_values, q_taken, targets
+
+
+def behaviour_cloning_loss(q_values: Tensor, actions: Tensor, cloned: Tensor) -> Tensor:
+    """Mean cross-entropy of softmax(Q(s, ·)) to the stored action, over the samples where `cloned` (B,) is True.
+
+    CLEAR's behaviour cloning (Rolnick et al. 2019) pulls the policy on replayed old-task states towards the
+    policy that acted then; a DQN's replay keeps only the action taken, so that action stands for it and
+    softmax(Q) for the current policy. 0 when no sample is cloned.
+    """
+    if not bool(cloned.any()):
+        return q_values.new_zeros(())
+    return F.cross_entropy(q_values[cloned], actions[cloned])
 
 
 class TDLoss(NamedTuple):
@@ -103,6 +118,7 @@ class TDLoss(NamedTuple):
     loss: Tensor  # mean Huber loss of y - Q(s, a)
     q_taken: Tensor  # (B,) Q_online(s, a), in the autograd graph
     targets: Tensor  # (B,) y, no gradient
+    q_values: Tensor  # (B, actions) Q_online(s, ·), in the autograd graph
 
     @property
     def td_errors(self) -> Tensor:
@@ -114,5 +130,5 @@ def double_dqn_loss(
     online: nn.Module, target: nn.Module, batch: TensorBatch, task: int | Tensor, huber_delta: float = 1.0
 ) -> TDLoss:
     """The mean Huber loss of a batch on `task`, with Q(s, a) and y (what the learner's metrics read)."""
-    q_taken, targets = q_taken_and_targets(online, target, batch, task)
-    return TDLoss(F.huber_loss(q_taken, targets, delta=huber_delta), q_taken, targets)
+    q_values, q_taken, targets = q_taken_and_targets(online, target, batch, task)
+    return TDLoss(F.huber_loss(q_taken, targets, delta=huber_delta), q_taken, targets, q_values)

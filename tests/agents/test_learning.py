@@ -15,6 +15,7 @@ from agents.dqn.fisher import fisher_batch, q_network_fisher
 from agents.dqn.learning import Learner
 from agents.dqn.losses import (
     TensorBatch,
+    behaviour_cloning_loss,
     double_dqn_loss,
     double_dqn_targets,
     to_tensors,
@@ -140,6 +141,39 @@ def test_an_update_lowers_the_loss_on_a_fixed_batch():
         "loss", "td_error_abs_mean", "ewc_penalty", "q_mean", "grad_norm", "skipped_nonfinite", "weights_nonfinite",
         "updates",
     }
+
+
+def test_behaviour_cloning_is_the_cross_entropy_of_softmax_q_to_the_stored_action_on_cloned_samples_only():
+    q = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
+    actions = torch.tensor([0, 2, 1])
+    by_hand = [-(2.0 - np.log(np.exp(2.0) + 2.0)), -(0.0 - np.log(np.e + 2.0)), np.log(3.0)]
+    cloned = torch.tensor([True, False, True])
+    assert behaviour_cloning_loss(q, actions, cloned).item() == pytest.approx((by_hand[0] + by_hand[2]) / 2)
+    assert behaviour_cloning_loss(q, actions, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+    batch, tasks = random_batch(), torch.tensor([1] * 8 + [0] * 8)
+    rehearsed = tasks != 1
+    steps = {}
+    for name, config, cloned in (("td", SMALL, None), ("bc_off", SMALL, rehearsed),
+                                 ("bc", replace(SMALL, rehearsal_bc=1.0), rehearsed),
+                                 ("bc_nothing_cloned", replace(SMALL, rehearsal_bc=1.0), torch.zeros(16, dtype=torch.bool))):
+        learner = Learner(config, seed=0)
+        learner.update(batch, tasks, cloned=cloned)
+        steps[name] = snapshot(learner.online)
+    assert same_weights(steps["td"], steps["bc_off"])  # rehearsal_bc 0: cloning costs nothing, changes nothing
+    assert same_weights(steps["td"], steps["bc_nothing_cloned"])
+    assert not same_weights(steps["td"], steps["bc"])
+    # the cloning gradient by hand: the TD loss plus the cross-entropy on the rehearsed half
+    learner, manual = Learner(replace(SMALL, rehearsal_bc=1.0), seed=0), Learner(SMALL, seed=0)
+    tensors = to_tensors(batch, "cpu")
+    learner.td_gradient(tensors, tasks, rehearsed)
+    td = double_dqn_loss(manual.online, manual.target, tensors, tasks)
+    (td.loss + behaviour_cloning_loss(td.q_values, tensors.actions, rehearsed)).backward()
+    for ours, expected in zip(learner.online.parameters(), manual.online.parameters()):
+        if expected.grad is not None:
+            torch.testing.assert_close(ours.grad, expected.grad)
+    with pytest.raises(UsageError, match="rehearsal_bc"):
+        replace(SMALL, rehearsal_bc=-0.1)
 
 
 def test_target_network_syncs_every_period_updates():

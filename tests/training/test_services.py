@@ -166,5 +166,10 @@ def test_rehearsal_mixes_the_earlier_tasks_into_each_minibatch_with_their_own_ta
     assert len(batch) == config.agent.batch_size and tasks.tolist() == [1] * 24 + [0] * 8  # 0.25 of 32 from task 0
     result = learner.train(1, 2)  # trains with one task id per sample
     assert result.updates == 2 and learner.updates_per_task() == {1: 2}
+    cloning = LearnerService(dataclasses.replace(rehearsing, agent=dataclasses.replace(rehearsing.agent, rehearsal_bc=1.0)))
+    cloning.replay, cloned = learner.replay, []
+    cloning.learner.update = lambda batch, tasks, **options: cloned.append(options["cloned"]) or {"updates": 1}
+    cloning.train(1, 1)  # behaviour cloning on exactly the rehearsed samples
+    assert cloned[0].tolist() == [False] * 24 + [True] * 8
     with pytest.raises(UsageError, match="rehearsal_share"):
         dataclasses.replace(config.agent, rehearsal_share=1.0)
