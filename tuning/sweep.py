@@ -4,6 +4,8 @@ Examples:
   python run.py sweep --config configs/minatar.yaml --grid agent.ewc_lambda=0,100,1000 --seeds 3
   python run.py sweep --config configs/minatar.yaml --grid agent.ewc_lambda=0,10,100,1000 \\
       --grid agent.fisher_kind=softmax_exact,td_empirical --seeds 3 --max-concurrent 4 --address auto
+  python run.py sweep --config configs/minatar.yaml --methods finetune,ewc,online_ewc,reset,rehearsal,ewc_rehearsal \\
+      --seeds 3                                                # the baselines (tuning/methods.py)
   python run.py sweep --resume runs/sweep_minatar             # continue an interrupted sweep
   python run.py report runs/sweep_minatar                      # every trial in one report
 
@@ -37,7 +39,9 @@ from common.errors import UsageError
 from common.results import write_json_atomic
 from common.stats import mean_and_error
 from training.config import apply_overrides, config_from_dict, learner_device, load_yaml, parse_override
+from tuning.methods import METHODS, method_overrides, parse_methods
 
+METHOD_KEY = "method"  # the grid dimension --methods adds: a name from tuning/methods.py, not a config key
 SPEC_FILE = "sweep_spec.json"  # what the sweep was started with: --resume reads it back
 TRIALS_DIR = "trials"
 DRIVER_BUNDLE = {"CPU": 0.01}  # the trial's own process: the driver loop, mostly waiting on its actors
@@ -47,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the run config every trial starts from (not with --resume)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="config values to try, e.g. agent.ewc_lambda=0,100,1000 (repeatable: every combination)")
+    parser.add_argument("--methods", default=None, metavar="NAME,NAME,...|all",
+                        help="continual-learning methods to compare, each a bundle of config keys: "
+                             f"{', '.join(METHODS)} (tuning/methods.py); one more grid dimension, 'method'")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per combination (default 1): 0, 1, ...")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry for every trial, as in `run.py train`")
@@ -73,6 +80,8 @@ def parse_grid(texts: list[str]) -> dict[str, list[Any]]:
         key = ".".join(path)
         if key == "seed":
             raise UsageError("give the number of seeds with --seeds, not --grid seed=...")
+        if key == METHOD_KEY:
+            raise UsageError("give the methods with --methods, not --grid method=...")
         if not isinstance(raw, list) or not raw:
             raise UsageError(f"--grid {key}: expects a comma-separated list of values, got {text!r}")
         if key in grid:
@@ -93,7 +102,10 @@ def trial_name(combination: dict[str, Any], seed: int) -> str:
 
 
 def trial_config_data(base: dict[str, Any], combination: dict[str, Any], seed: int, name: str) -> dict[str, Any]:
-    overrides = [f"{key}={json.dumps(value)}" for key, value in combination.items()]
+    """The base config with the combination's values (a method's keys first, so --grid may refine them)."""
+    values = dict(method_overrides(combination[METHOD_KEY])) if METHOD_KEY in combination else {}
+    values.update({key: value for key, value in combination.items() if key != METHOD_KEY})
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     data = apply_overrides(json.loads(json.dumps(base)), overrides)
     data["seed"], data["run_name"] = seed, name
     return data
@@ -164,7 +176,8 @@ def rank(trials: list[dict[str, Any]], grid: dict[str, list[Any]]) -> list[dict[
         own = [t for t in trials if t["combination"] == combination]
         done = [t for t in own if t["status"] == "finished"]
         row: dict[str, Any] = {**combination, "seeds": len(done), "failed": len(own) - len(done)}
-        for metric in ("average_final", "round_forgetting_relative", "average_forgetting", "final_capped_sum"):
+        for metric in ("average_final", "round_forgetting_relative", "average_forgetting", "forward_transfer",
+                       "final_capped_sum"):
             row[metric], row[f"{metric}_se"] = mean_and_error([t["metrics"].get(metric) for t in done])
         rows.append(row)
     def order(row: dict[str, Any]) -> tuple:
@@ -179,11 +192,12 @@ def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
             return "-"
         return f"{mean:.3f}" + (f" ± {error:.3f}" if error is not None else "")
 
-    header = [*keys, "seeds", "failed", "average final", "round forgetting", "forgetting"]
+    header = [*keys, "seeds", "failed", "average final", "round forgetting", "forgetting", "forward transfer"]
     lines = [[*(str(row[k]) for k in keys), str(row["seeds"]), str(row["failed"]),
               cell(row["average_final"], row["average_final_se"]),
               cell(row["round_forgetting_relative"], row["round_forgetting_relative_se"]),
-              cell(row["average_forgetting"], row["average_forgetting_se"])] for row in rows]
+              cell(row["average_forgetting"], row["average_forgetting_se"]),
+              cell(row["forward_transfer"], row["forward_transfer_se"])] for row in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
@@ -237,7 +251,8 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"{str(sweep_dir)!r} is not a sweep folder (no {SPEC_FILE})")
         spec = json.loads((sweep_dir / SPEC_FILE).read_text())
     else:
-        grid = parse_grid(args.grid)
+        methods = parse_methods(args.methods)
+        grid = {METHOD_KEY: methods, **parse_grid(args.grid)} if methods else parse_grid(args.grid)
         base = apply_overrides(load_yaml(args.config), list(args.overrides))
         config_from_dict(base)  # a mistake in the base config ends the command here, before any trial
         for combination in combinations(grid):  # and so does a bad grid value, or a combination of them

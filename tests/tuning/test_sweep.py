@@ -15,7 +15,7 @@ import pytest
 
 from common.errors import UsageError
 from tests.conftest import ROOT, run_command
-from training.config import load_config
+from training.config import config_from_dict, load_config, load_yaml
 from training.records import ACTORS_FILE
 from tuning.sweep import (
     combinations,
@@ -24,8 +24,10 @@ from tuning.sweep import (
     rank,
     require_room_for_one_trial,
     trial_bundles,
+    trial_config_data,
     trial_name,
 )
+from tuning.methods import METHODS, parse_methods
 
 TINY = ["schedule.frames_per_visit=1500", "schedule.repeats=1", "agent.learning_starts=200",
         "agent.replay_capacity=2000", "agent.ewc_min_frames=1000", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
@@ -51,6 +53,31 @@ def test_grid_parsing_and_ranking():
     ]
     ranking = rank(trials, {"x": [1, 2]})
     assert [row["x"] for row in ranking] == [2, 1] and ranking[0]["failed"] == 1 and ranking[0]["seeds"] == 1
+
+
+def test_every_method_is_a_valid_config_of_the_same_system_that_does_what_its_name_says():
+    assert parse_methods("all") == list(METHODS) and parse_methods("reset,ewc") == ["reset", "ewc"]
+    for bad, message in (("ewc,nope", "unknown"), ("ewc,ewc", "twice"), ("", "empty")):
+        with pytest.raises(UsageError, match=message):
+            parse_methods(bad)
+    base = load_yaml(ROOT / "configs" / "minatar.yaml")
+    configs = {name: config_from_dict(trial_config_data(base, {"method": name}, 0, name)) for name in METHODS}
+    from training.strategies import make_strategy
+
+    strategy = {name: type(make_strategy(config)).__name__ for name, config in configs.items()}
+    assert strategy["finetune"] == "FineTuning" and strategy["reset"] == "Reset"
+    assert {strategy[name] for name in ("ewc", "online_ewc", "ewc_rehearsal")} == {"EWC"}
+    assert configs["online_ewc"].agent.ewc_online and not configs["ewc"].agent.ewc_online
+    for name, config in configs.items():
+        rehearses = name.startswith("rehearsal") or name == "ewc_rehearsal"
+        assert (config.agent.rehearsal_share > 0) == rehearses, name
+        assert (config.agent.rehearsal_bc > 0) == (name == "rehearsal_bc"), name
+    # --grid values refine a method's keys; the method's own name goes into the trial's folder
+    refined = trial_config_data(base, {"method": "ewc", "agent.ewc_lambda": 100}, 1, "x")
+    assert refined["agent"]["ewc_lambda"] == 100 and refined["agent"]["ewc_enabled"] and refined["seed"] == 1
+    assert trial_name({"method": "rehearsal_bc", "agent.ewc_lambda": 100}, 0) == "method=rehearsal_bc,agent.ewc_lambda=100,seed=0"
+    with pytest.raises(UsageError, match="--methods"):
+        parse_grid(["method=ewc,reset"])
 
 
 @pytest.mark.parametrize("grid, message", [
