@@ -38,7 +38,13 @@ from typing import Any
 from common.errors import UsageError
 from common.results import write_json_atomic
 from common.stats import mean_and_error
-from training.config import apply_overrides, config_from_dict, learner_device, load_yaml, parse_override
+from training.config import (
+    apply_overrides,
+    config_from_dict,
+    learner_device,
+    load_yaml,
+    parse_override,
+)
 from tuning.methods import METHODS, method_overrides, parse_methods
 
 METHOD_KEY = "method"  # the grid dimension --methods adds: a name from tuning/methods.py, not a config key

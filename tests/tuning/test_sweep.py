@@ -17,6 +17,7 @@ from common.errors import UsageError
 from tests.conftest import ROOT, run_command
 from training.config import config_from_dict, load_config, load_yaml
 from training.records import ACTORS_FILE
+from tuning.methods import METHODS, parse_methods
 from tuning.sweep import (
     combinations,
     mean_and_error,
@@ -27,7 +28,6 @@ from tuning.sweep import (
     trial_config_data,
     trial_name,
 )
-from tuning.methods import METHODS, parse_methods
 
 TINY = ["schedule.frames_per_visit=1500", "schedule.repeats=1", "agent.learning_starts=200",
         "agent.replay_capacity=2000", "agent.ewc_min_frames=1000", "agent.fisher_minibatches=2", "eval.every_frames=0", "eval.episodes=2",
