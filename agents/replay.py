@@ -64,7 +64,10 @@ NEVER_WRITTEN = -2  # `previous` of a slot that holds nothing yet
 NOT_FOLLOWED = -1  # `following` of a frame whose episode has no later frame stored (yet)
 MAX_ACTIONS = 256  # actions are stored as uint8
 MAX_REJECTION_ROUNDS = 1000  # redraws of unsampleable indices before giving up
-SLOT_ARRAYS = ("frames", "previous", "actions", "rewards", "terminals")  # per-slot storage, saved in checkpoints
+SLOT_ARRAYS = ("previous", "actions", "rewards", "terminals")  # per-slot storage besides the frames
+# A buffer's slots as saved (`FrameReplay.slots`): SLOT_ARRAYS plus its frames as the buffer keeps them, either
+# "frames" (N, *frame_shape) raw, or LZ4-compressed as "frame_blobs" (the blobs back to back, uint8) and
+# "frame_ends" (N,) where each blob ends in it. Either kind loads into either kind of buffer.
 LZ4_LEVEL = 4  # high-compression level: 10-20% smaller than LZ4's fast mode, still ~30 us per Atari frame
 # Memory is planned (before any frame is seen) at this fraction of a raw frame per compressed frame: the least
 # compressible ALE games measured (Krull, SpaceInvaders) take about a fifth, most games far less
@@ -211,6 +214,12 @@ class RawFrames:
     def nbytes(self) -> int:
         return self._array.nbytes
 
+    def export(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        return {"frames": self._array[slots]}
+
+    def load(self, slots: np.ndarray, saved: Mapping[str, np.ndarray]) -> None:
+        self[slots] = saved["frames"] if "frames" in saved else _decompressed(saved, self._array.shape[1:])
+
 
 class LZ4Frames:
     """Frames LZ4-compressed one by one (the module docstring), indexed by slot like `RawFrames`.
@@ -249,6 +258,20 @@ class LZ4Frames:
     def nbytes(self) -> int:
         return self._blobs.nbytes + self._blob_bytes
 
+    def export(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        blobs = self._blobs[slots]
+        return {"frame_blobs": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+                "frame_ends": np.cumsum([len(blob) for blob in blobs], dtype=np.int64)}
+
+    def load(self, slots: np.ndarray, saved: Mapping[str, np.ndarray]) -> None:
+        if "frames" in saved:
+            self[slots] = saved["frames"]
+            return
+        data, ends = saved["frame_blobs"].tobytes(), saved["frame_ends"]
+        blobs = [data[start:end] for start, end in zip([0, *ends[:-1].tolist()], ends.tolist())]
+        self._blob_bytes += sum(map(_object_bytes, blobs)) - sum(map(_object_bytes, self._blobs[slots]))
+        self._blobs[slots] = blobs
+
 
     @classmethod
     def mean_compressed_bytes(cls, frames: np.ndarray) -> float:
@@ -260,6 +283,52 @@ class LZ4Frames:
 
 def _object_bytes(blob: bytes) -> int:
     return sys.getsizeof(blob)
+
+
+def _decompressed(saved: Mapping[str, np.ndarray], frame_shape: tuple[int, ...]) -> np.ndarray:
+    """Saved LZ4 frames ("frame_blobs", "frame_ends") as raw frames (N, *frame_shape)."""
+    data, ends, size = saved["frame_blobs"].tobytes(), saved["frame_ends"].tolist(), int(np.prod(frame_shape))
+    raw = b"".join(lz4.block.decompress(data[start:end], uncompressed_size=size)
+                   for start, end in zip([0, *ends[:-1]], ends))
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(ends), *frame_shape).copy()
+
+
+def saved_slot_count(saved: Mapping[str, np.ndarray]) -> int:
+    """How many slots a saved piece (`FrameReplay.slots`) holds."""
+    return len(saved["frames"]) if "frames" in saved else len(saved["frame_ends"])
+
+
+def _saved_piece(saved: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A saved piece's arrays (KeyError if one is missing): SLOT_ARRAYS and its frames in either kind."""
+    frames = ("frames",) if "frames" in saved else ("frame_blobs", "frame_ends")
+    return {name: np.asarray(saved[name]) for name in (*frames, *SLOT_ARRAYS)}
+
+
+def _check_saved_piece(saved: Mapping[str, np.ndarray], frame_shape: tuple[int, ...]) -> None:
+    size = saved_slot_count(saved)
+    if "frames" in saved:
+        fits = saved["frames"].shape[1:] == frame_shape
+    else:
+        ends = saved["frame_ends"]
+        fits = saved["frame_blobs"].ndim == 1 and (size == 0 or int(ends[-1]) == len(saved["frame_blobs"])) \
+            and bool(np.all(np.diff(ends, prepend=0) > 0))
+    if not fits or any(len(saved[name]) != size for name in SLOT_ARRAYS):
+        shape = saved["frames"].shape[1:] if "frames" in saved else "compressed"
+        raise UsageError(f"a saved replay piece holds frames shaped {shape} (this buffer: {frame_shape}), "
+                         "damaged compressed frames or arrays of unequal lengths")
+
+
+def _saved_subset(saved: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The slots of a saved piece where `keep` (a bool mask) is True, in the same kind."""
+    subset = {name: saved[name][keep] for name in SLOT_ARRAYS}
+    if "frames" in saved:
+        return {**subset, "frames": saved["frames"][keep]}
+    ends = saved["frame_ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    data = saved["frame_blobs"]
+    kept = [data[start:end] for start, end in zip(starts[keep].tolist(), ends[keep].tolist())]
+    blobs = np.concatenate(kept) if kept else np.zeros(0, dtype=np.uint8)
+    return {**subset, "frame_blobs": blobs, "frame_ends": np.cumsum([len(b) for b in kept], dtype=np.int64)}
 
 
 def planned_bytes_per_slot(frame_shape: tuple[int, ...], stack: int, n_step: int, compression: str,
@@ -558,7 +627,7 @@ class FrameReplay:
         if not held[0] <= first <= stop <= held[1]:
             raise UsageError(f"writes [{first}, {stop}) are not all held (the buffer holds [{held[0]}, {held[1]}))")
         index = np.arange(first, stop) % self.capacity
-        return {name: getattr(self, f"_{name}")[index] for name in SLOT_ARRAYS}
+        return {**self._frames.export(index), **{name: getattr(self, f"_{name}")[index] for name in SLOT_ARRAYS}}
 
     def state_dict(self) -> dict[str, Any]:
         """The whole buffer: its header and one piece holding every write it still holds."""
@@ -575,24 +644,23 @@ class FrameReplay:
             num_writes = int(header["num_writes"])
             open_episodes = dict(header.get("open_episodes", {}))
             rng_state = header.get("rng", self._rng.bit_generator.state)
-            pieces = [(int(first), {name: np.asarray(arrays[name]) for name in SLOT_ARRAYS}) for first, arrays in pieces]
+            pieces = [(int(first), _saved_piece(arrays)) for first, arrays in pieces]
         except (KeyError, TypeError, ValueError) as err:
             raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
         for _, arrays in pieces:
-            size = len(arrays["frames"])
-            if arrays["frames"].shape[1:] != self.frame_shape or any(len(a) != size for a in arrays.values()):
-                raise UsageError(f"a saved replay piece holds frames shaped {arrays['frames'].shape[1:]} (this buffer: "
-                                 f"{self.frame_shape}) or arrays of unequal lengths")
+            _check_saved_piece(arrays, self.frame_shape)
         if layout != mine:
             raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has {mine}")
         first, stop = max(0, num_writes - self.capacity), num_writes
         covered = np.zeros(stop - first, dtype=bool)
         self._previous[:] = NEVER_WRITTEN
         for start, arrays in pieces:
-            writes = np.arange(start, start + len(arrays["frames"]))
+            writes = np.arange(start, start + saved_slot_count(arrays))
             held = (writes >= first) & (writes < stop)
+            slots, arrays = writes[held] % self.capacity, _saved_subset(arrays, held)
+            self._frames.load(slots, arrays)
             for name in SLOT_ARRAYS:
-                getattr(self, f"_{name}")[writes[held] % self.capacity] = arrays[name][held]
+                getattr(self, f"_{name}")[slots] = arrays[name]
             covered[writes[held] - first] = True
         if not covered.all():
             raise UsageError(f"the saved replay misses {int(np.count_nonzero(~covered))} of the writes "

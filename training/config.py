@@ -103,15 +103,15 @@ def learner_device(requested: str, has_gpu: bool) -> str:
     return {"auto": "cuda" if has_gpu else "cpu", "cpu": "cpu", "cuda": "cuda"}[requested]
 
 
-def replay_bytes_per_transition(agent: DQNConfig, *, frame_bytes: float | None = None, raw: bool = False) -> float:
-    """Bytes one stored transition takes in the run's replay (`agents.replay.planned_bytes_per_slot`): compressed
-    frames at `frame_bytes` each, or at the planned share of a raw frame; `raw`: with raw frames, as the
-    checkpoints' replay files keep them."""
+def replay_bytes_per_transition(agent: DQNConfig, *, frame_bytes: float | None = None) -> float:
+    """Bytes one stored transition takes in the run's replay, in memory and in checkpoints' replay files
+    (`agents.replay.planned_bytes_per_slot`): compressed frames at `frame_bytes` each, or at the planned share
+    of a raw frame."""
     from agents.replay import planned_bytes_per_slot
 
     network = agent.network
-    compression = "none" if raw else agent.replay_compression
-    return planned_bytes_per_slot(network.frame_shape, network.frame_stack, agent.n_step, compression, frame_bytes)
+    return planned_bytes_per_slot(network.frame_shape, network.frame_stack, agent.n_step, agent.replay_compression,
+                                  frame_bytes)
 
 
 def replay_memory_line(config: RunConfig) -> str:

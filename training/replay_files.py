@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.replay import SLOT_ARRAYS, FrameReplay, TaskReplay
+from agents.replay import FrameReplay, TaskReplay, saved_slot_count
 from common.errors import UsageError, free_bytes
 from training.config import RunConfig, replay_bytes_per_transition
 
@@ -90,7 +90,7 @@ class ReplayFiles:
         for task, export in sorted(exports.items()):
             chunks = self._chunks.setdefault(task, [])
             for first, arrays in export.chunks:
-                stop = first + len(arrays["frames"])
+                stop = first + saved_slot_count(arrays)
                 chunks.append(self._save(f"task{task:02d}_{first:012d}_{stop:012d}.npz", first, arrays))
                 self.saved_upto[task] = stop
 
@@ -160,7 +160,7 @@ class ReplayFiles:
         temporary = path.with_name(name + ".tmp")
         try:
             with open(temporary, "wb") as handle:
-                np.savez(handle, first=np.int64(first), **{key: arrays[key] for key in SLOT_ARRAYS})
+                np.savez(handle, first=np.int64(first), **arrays)
                 handle.flush()
                 os.fsync(handle.fileno())
         except BaseException:
@@ -174,7 +174,7 @@ class ReplayFiles:
         path = self.directory / name
         try:
             with np.load(path) as data:
-                return int(data["first"]), {key: data[key] for key in SLOT_ARRAYS}
+                return int(data["first"]), {key: data[key] for key in data.files if key != "first"}
         except (OSError, KeyError, ValueError) as err:
             raise UsageError(f"replay file {str(path)!r} is missing or damaged ({type(err).__name__}: {err})") from None
 
@@ -189,7 +189,7 @@ def for_run(config: RunConfig, directory: Path) -> tuple[ReplayFiles, str]:
     them, and the line that says so."""
     agent, logging, tasks = config.agent, config.logging, len(set(config.games))
     slots = agent.replay_capacity + (logging.keep_checkpoints + 1) * logging.replay_chunk  # + the older ones' files
-    needed = tasks * slots * replay_bytes_per_transition(agent, raw=True)  # the files keep frames raw
+    needed = tasks * slots * replay_bytes_per_transition(agent)  # the files keep frames as the buffers do
     free = free_bytes(next(p for p in (directory, *directory.parents) if p.exists()))
     fits = needed <= FITS_SHARE * free
     files = ReplayFiles(directory, capacity=agent.replay_capacity, chunk_slots=logging.replay_chunk,

@@ -244,11 +244,26 @@ def test_compressed_frames_sample_what_raw_frames_do_in_a_fraction_of_the_memory
     assert packed.nbytes < raw.nbytes / 8  # Pong frames are mostly flat areas
     blobs = packed._frames._blobs  # the running count agrees with a recount after the overwrites
     assert packed._frames.nbytes == blobs.nbytes + sum(sys.getsizeof(blob) for blob in blobs)
-    restored = FrameReplay(capacity=300, seed=5, n_step=3, compression="lz4")
-    restored.load_state_dict(raw.state_dict())  # checkpoints hold raw frames, whichever way they were kept
-    assert restored.nbytes == packed.nbytes
+    # checkpoints save the frames as the buffer keeps them, and either kind loads into either kind of buffer
     first, stop = packed.live_writes()
-    assert np.array_equal(restored.slots(first, stop)["frames"], raw.slots(first, stop)["frames"])
+    saved = packed.slots(first, stop)
+    assert "frames" not in saved and len(saved["frame_blobs"]) < raw.slots(first, stop)["frames"].nbytes / 8
+    restored = FrameReplay(capacity=300, seed=5, n_step=3, compression="lz4")
+    restored.load_state_dict(raw.state_dict())
+    assert restored.nbytes == packed.nbytes
+    unpacked = FrameReplay(capacity=300, seed=5, n_step=3)
+    unpacked.load_state_dict(packed.state_dict())
+    assert np.array_equal(unpacked.slots(first, stop)["frames"], raw.slots(first, stop)["frames"])
+    for buffer in (restored, unpacked):
+        c = draw(buffer, 64)
+        assert c.states.shape == (64, STACK, *FRAME)
+    repacked = FrameReplay(capacity=300, seed=5, n_step=3, compression="lz4")
+    repacked.load_state_dict(packed.state_dict())  # blobs taken as they are
+    assert repacked.nbytes == packed.nbytes and np.array_equal(repacked.slots(first, stop)["frame_blobs"], saved["frame_blobs"])
+    damaged = packed.state_dict()
+    damaged["pieces"][0][1]["frame_ends"][-1] += 1
+    with pytest.raises(UsageError, match="damaged compressed frames"):
+        FrameReplay(capacity=300, compression="lz4").load_state_dict(damaged)
     with pytest.raises(UsageError, match="compression must be one of none, lz4"):
         FrameReplay(capacity=10, compression="zip")
 

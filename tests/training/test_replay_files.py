@@ -31,9 +31,10 @@ def checkpoint(files: ReplayFiles, buffer: FrameReplay, frames: int, kept: list[
     return manifest
 
 
-def test_chunks_are_written_once_and_pruned_when_no_kept_checkpoint_needs_them(tmp_path):
+@pytest.mark.parametrize("compression", ["none", "lz4"])  # files keep frames as the buffer does
+def test_chunks_are_written_once_and_pruned_when_no_kept_checkpoint_needs_them(tmp_path, compression):
     files = ReplayFiles(tmp_path, capacity=100, chunk_slots=30)
-    buffer, kept, manifests = FrameReplay(100, seed=0), [], {}
+    buffer, kept, manifests = FrameReplay(100, seed=0, compression=compression), [], {}
     for frames, steps in ((1, 70), (2, 50), (3, 90)):  # the buffer wraps between the second and third
         written_before = {p.name: p.stat().st_mtime_ns for p in files.directory.glob("*.npz")}
         fill(buffer, steps, seed=frames)
@@ -45,7 +46,7 @@ def test_chunks_are_written_once_and_pruned_when_no_kept_checkpoint_needs_them(t
     needed = set(manifests[2][0]["files"]) | set(manifests[3][0]["files"])
     assert names == needed  # checkpoint 1's tail and the chunks wholly overwritten before checkpoint 2 are gone
     for frames in (2, 3):  # each kept checkpoint still reads back, the newest exactly as the buffer is
-        restored = FrameReplay(100, seed=5)
+        restored = FrameReplay(100, seed=5, compression=compression)
         restored.load_state_dict(ReplayFiles(tmp_path, capacity=100, chunk_slots=30).read(manifests[frames])["buffers"][0])
         assert len(restored) == manifests[frames][0]["header"]["transitions"]
     assert same_samples(buffer, restored)
