@@ -12,12 +12,12 @@ from tests.conftest import ROOT
 def test_atari_assault_is_learned_in_a_short_run(train, tmp_path):
     proc = train(tmp_path, [
         "run_name=learns_atari", "games=[Assault]", "schedule.repeats=1", "schedule.frames_per_visit=64000",
-        "eval.every_frames=1000000", "eval.episodes=16",  # an initial round, none in between "eval.max_episode_frames=27000", "agent.ewc_enabled=false",
+        "eval.every_frames=1000000", "eval.episodes=16", "eval.max_episode_frames=27000", "agent.ewc_enabled=false",
         "logging.log_every_s=30",
     ], extra_args=["--no-report"], config=ROOT / "configs" / "atari_laptop.yaml", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rounds = [json.loads(line) for line in (tmp_path / "learns_atari" / "eval.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in rounds] == ["initial", "visit_end"]
+    assert [r["kind"] for r in rounds] == ["initial", "visit_end"]  # eval.every_frames beyond the run: no other
     initial, final = (r["games"]["Assault"] for r in rounds)
     random_play = ATARI_SCORES["Assault"][0]
     # measured: the untrained network ~80-90, random play 222, after 9,000-12,000 agent steps 336-458 (±40)
