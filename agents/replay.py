@@ -226,24 +226,28 @@ class LZ4Frames:
 
     Reading many slots decompresses each distinct slot once (a batch's stacks share most frames).
     `nbytes` counts what the compressed frames hold in memory now, Python object headers and the
-    slot table included, so it grows as the buffer fills.
+    slot table included, so it grows as the buffer fills (an unwritten slot costs its table entry).
     """
 
     def __init__(self, capacity: int, frame_shape: tuple[int, ...]):
         self.frame_shape = tuple(frame_shape)
         self._frame_bytes = int(np.prod(self.frame_shape))
-        empty = self._compress(np.zeros(self.frame_shape, dtype=np.uint8))
+        self._empty = self._compress(np.zeros(self.frame_shape, dtype=np.uint8))  # one object for every unwritten slot
         self._blobs = np.empty(capacity, dtype=object)
-        self._blobs.fill(empty)  # not np.full: it would pass the bytes through numpy's "S" type, dropping trailing zeros
-        self._blob_bytes = capacity * _object_bytes(empty)
+        self._blobs.fill(self._empty)  # not np.full: it passes bytes through numpy's "S" type, dropping trailing zeros
+        self._blob_bytes = 0  # of the written blobs
 
     def _compress(self, frame: np.ndarray) -> bytes:
         return lz4.block.compress(np.ascontiguousarray(frame).data, mode="high_compression",
                                   compression=LZ4_LEVEL, store_size=False)
 
     def __setitem__(self, slots: np.ndarray, frames: np.ndarray) -> None:
-        blobs = [self._compress(frame) for frame in frames]
-        self._blob_bytes += sum(map(_object_bytes, blobs)) - sum(map(_object_bytes, self._blobs[slots]))
+        self._replace(slots, [self._compress(frame) for frame in frames])
+
+    def _replace(self, slots: np.ndarray, blobs: list[bytes]) -> None:
+        replaced = self._blobs[slots]
+        self._blob_bytes += sum(map(_object_bytes, blobs)) - sum(
+            _object_bytes(blob) for blob in replaced if blob is not self._empty)
         self._blobs[slots] = blobs
 
     def __getitem__(self, slots: np.ndarray) -> np.ndarray:
@@ -268,9 +272,7 @@ class LZ4Frames:
             self[slots] = saved["frames"]
             return
         data, ends = saved["frame_blobs"].tobytes(), saved["frame_ends"]
-        blobs = [data[start:end] for start, end in zip([0, *ends[:-1].tolist()], ends.tolist())]
-        self._blob_bytes += sum(map(_object_bytes, blobs)) - sum(map(_object_bytes, self._blobs[slots]))
-        self._blobs[slots] = blobs
+        self._replace(slots, [data[start:end] for start, end in zip([0, *ends[:-1].tolist()], ends.tolist())])
 
 
     @classmethod

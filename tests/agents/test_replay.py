@@ -242,8 +242,12 @@ def test_compressed_frames_sample_what_raw_frames_do_in_a_fraction_of_the_memory
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     b.states[0] = 1  # a sample is the caller's to change
     assert packed.nbytes < raw.nbytes / 8  # Pong frames are mostly flat areas
-    blobs = packed._frames._blobs  # the running count agrees with a recount after the overwrites
-    assert packed._frames.nbytes == blobs.nbytes + sum(sys.getsizeof(blob) for blob in blobs)
+    def recount(buffer: FrameReplay) -> int:  # the slot table and every written blob
+        frames = buffer._frames
+        return frames._blobs.nbytes + sum(sys.getsizeof(blob) for blob in frames._blobs if blob is not frames._empty)
+
+    assert packed._frames.nbytes == recount(packed)  # the running count agrees after the overwrites
+    assert FrameReplay(capacity=300, compression="lz4")._frames.nbytes == 300 * 8  # nothing written: the table
     # checkpoints save the frames as the buffer keeps them, and either kind loads into either kind of buffer
     first, stop = packed.live_writes()
     saved = packed.slots(first, stop)
