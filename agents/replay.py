@@ -274,7 +274,6 @@ class LZ4Frames:
         data, ends = saved["frame_blobs"].tobytes(), saved["frame_ends"]
         self._replace(slots, [data[start:end] for start, end in zip([0, *ends[:-1].tolist()], ends.tolist())])
 
-
     @classmethod
     def mean_compressed_bytes(cls, frames: np.ndarray) -> float:
         """What `frames` (N, *frame_shape) take here on average per frame, slot table and object header included."""
