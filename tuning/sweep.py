@@ -271,7 +271,9 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, or pick --name")
         spec = {"base": base, "grid": grid, "seeds": args.seeds, "config_file": str(args.config)}
 
-    pairs = [(combination, seed) for combination in combinations(spec["grid"]) for seed in range(spec["seeds"])]
+    # seed-major: every combination's first seed runs before any second seed, so a sweep stopped early
+    # (or with fewer cores than trials) already compares them all
+    pairs = [(combination, seed) for seed in range(spec["seeds"]) for combination in combinations(spec["grid"])]
     params = {}
     for combination, seed in pairs:
         name = trial_name(combination, seed)
