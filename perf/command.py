@@ -5,6 +5,7 @@ Examples:
   python run.py bench --json bench.json --seconds 120         # longer training windows, steadier figures
   python run.py bench --sections replay,fisher,ewc --json quick.json
   python run.py bench --skip-rllib --json bench.json          # machines without ray[rllib]
+  python run.py bench --gpu-quick --json gpu.json             # the short GPU set on a CUDA machine (--device auto)
 
 Sections (--sections, comma-separated; default all):
   train    env steps/s of our trainer and of RLlib's DQN on one game at the paper's replay ratio
@@ -26,6 +27,10 @@ Sections (--sections, comma-separated; default all):
            limits (bare learner updates/s, one env actor's act + step rate x actors); bytes per transition
   time_to_score  wall-clock seconds until each system's greedy evaluation first reaches
            --score-threshold on MinAtar SpaceInvaders, from scratch, median over --score-seeds seeds
+
+  gpu      (with --gpu-quick, or named; not in the default set) update ms of the paper's network at batch
+           32 / 64 / 128 with the eager and the compiled optimizer step on --device, and the train and
+           learner sections' headline figures
 
 With --profile DIR (needs py-spy), the minatar section also runs our trainer a second time, samples
 all its processes in that run's measurement window and reports where its CPU time goes, per phase
