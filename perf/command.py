@@ -7,7 +7,7 @@ Examples:
   python run.py bench --skip-rllib --json bench.json          # machines without ray[rllib]
   python run.py bench --gpu-quick --json gpu.json             # the short GPU set on a CUDA machine (--device auto)
 
-Sections (--sections, comma-separated; default all):
+Sections (--sections, comma-separated; default all but gpu):
   train    env steps/s of our trainer and of RLlib's DQN on one game at the paper's replay ratio
            (batch 32, one update per 4 agent steps), measured over the same wall time after
            learning started; plus the limit 4 x bare updates/s
