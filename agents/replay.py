@@ -271,8 +271,7 @@ class LZ4Frames:
         if "frames" in saved:
             self[slots] = saved["frames"]
             return
-        data, ends = saved["frame_blobs"].tobytes(), saved["frame_ends"]
-        self._replace(slots, [data[start:end] for start, end in zip([0, *ends[:-1].tolist()], ends.tolist())])
+        self._replace(slots, _saved_blobs(saved))
 
     @classmethod
     def mean_compressed_bytes(cls, frames: np.ndarray) -> float:
@@ -286,12 +285,17 @@ def _object_bytes(blob: bytes) -> int:
     return sys.getsizeof(blob)
 
 
+def _saved_blobs(saved: Mapping[str, np.ndarray]) -> list[bytes]:
+    """Saved LZ4 frames ("frame_blobs", "frame_ends") as one blob per slot."""
+    data, ends = saved["frame_blobs"].tobytes(), saved["frame_ends"].tolist()
+    return [data[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
 def _decompressed(saved: Mapping[str, np.ndarray], frame_shape: tuple[int, ...]) -> np.ndarray:
     """Saved LZ4 frames ("frame_blobs", "frame_ends") as raw frames (N, *frame_shape)."""
-    data, ends, size = saved["frame_blobs"].tobytes(), saved["frame_ends"].tolist(), int(np.prod(frame_shape))
-    raw = b"".join(lz4.block.decompress(data[start:end], uncompressed_size=size)
-                   for start, end in zip([0, *ends[:-1]], ends))
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(ends), *frame_shape).copy()
+    size = int(np.prod(frame_shape))
+    raw = b"".join(lz4.block.decompress(blob, uncompressed_size=size) for blob in _saved_blobs(saved))
+    return np.frombuffer(raw, dtype=np.uint8).reshape(saved_slot_count(saved), *frame_shape).copy()
 
 
 def saved_slot_count(saved: Mapping[str, np.ndarray]) -> int:
@@ -324,12 +328,9 @@ def _saved_subset(saved: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str
     subset = {name: saved[name][keep] for name in SLOT_ARRAYS}
     if "frames" in saved:
         return {**subset, "frames": saved["frames"][keep]}
-    ends = saved["frame_ends"]
-    starts = np.concatenate([[0], ends[:-1]])
-    data = saved["frame_blobs"]
-    kept = [data[start:end] for start, end in zip(starts[keep].tolist(), ends[keep].tolist())]
-    blobs = np.concatenate(kept) if kept else np.zeros(0, dtype=np.uint8)
-    return {**subset, "frame_blobs": blobs, "frame_ends": np.cumsum([len(b) for b in kept], dtype=np.int64)}
+    kept = [blob for blob, keeps in zip(_saved_blobs(saved), keep.tolist()) if keeps]
+    return {**subset, "frame_blobs": np.frombuffer(b"".join(kept), dtype=np.uint8),
+            "frame_ends": np.cumsum([len(blob) for blob in kept], dtype=np.int64)}
 
 
 def planned_bytes_per_slot(frame_shape: tuple[int, ...], stack: int, n_step: int, compression: str,
