@@ -84,7 +84,16 @@ class Feeder:
             self._collected(ref, i, add_ref)
         elif ref in self.adds:
             steps = self.adds.pop(ref)
-            self.on_add(ray.get(ref), steps)
+            try:
+                added = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:
+                if not isinstance(err.cause, ray.exceptions.RayActorError):
+                    raise
+                # The env actor died before its chunk reached the learner; the add can come back before
+                # the collect does. The chunk is lost: the collect's own failure reports it.
+                self.progress.pacing.collect_lost(steps)
+                return True
+            self.on_add(added, steps)
         elif ref in self.trains:
             self.trains.remove(ref)
             self.on_train(ray.get(ref))

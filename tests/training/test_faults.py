@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -96,6 +97,54 @@ def test_killed_driver_resumes_from_its_checkpoint(train, ray_command, tmp_path)
     kept = set(final["replay"][0]["files"]) | set(final["replay"][1]["files"])
     assert len(kept) > 4 and kept <= {p.name for p in (checkpoints / "replay").iterdir()}
     assert final["counters"]["visit_index"] == 3 and final["epsilon"]["steps"][0] >= state["epsilon"]["steps"][0]
+
+
+@pytest.fixture
+def dying_env_actor(local_ray):
+    import ray
+
+    @ray.remote(max_restarts=1)
+    class EnvActor:
+        def collect_split(self):
+            os._exit(1)
+
+    @ray.remote
+    class Learner:
+        def add(self, chunks):
+            return chunks
+
+        def fail(self, chunks):
+            raise ValueError("not an actor death")
+
+    actors = EnvActor.remote(), Learner.remote()
+    yield actors
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_an_add_whose_chunk_died_with_its_env_actor_loses_only_that_chunk(dying_env_actor):
+    """The learner's add can come back before the dead actor's collect does: it must not end the run."""
+    import ray
+
+    from training.feeding import Feeder
+    from training.pacing import Pacing
+
+    env, learner = dying_env_actor
+    pacing = Pacing(update_period=4, max_lead=1000)
+    feeder = Feeder(SimpleNamespace(env=[env], learner=learner), SimpleNamespace(pacing=pacing), writer=None,
+                    on_collect=None, on_add=None, on_train=None)
+    stats_ref = env.collect_split.remote()
+    add_ref = learner.add.remote(stats_ref)
+    feeder.collects[stats_ref], feeder.adds[add_ref] = (0, add_ref), 50
+    pacing.collect_started(50)
+    ray.wait([add_ref], timeout=60)
+    assert feeder.handle(add_ref)
+    assert pacing.steps_in_flight == 0 and add_ref not in feeder.adds
+
+    failed_add = learner.fail.remote([])  # a learner that fails on its own still ends the run
+    feeder.adds[failed_add] = 50
+    with pytest.raises(ray.exceptions.RayTaskError):
+        feeder.handle(failed_add)
 
 
 def test_diverging_loss_stops_the_run_with_a_clear_message(train, tmp_path):
