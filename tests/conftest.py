@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,26 @@ def run_train(
     for override in overrides:
         args += ["--set", override]
     return run_command(*args, timeout=timeout, wait=wait)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
+    """`run.py ARGS` in this process, from the repository root: the same `run.main` as the command line
+    without an interpreter start per call. For a command's many bad-input and help cases; each command
+    keeps one test through its real command line (`run_command`)."""
+    import run
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(ROOT)
+        capsys.readouterr()
+        try:
+            code = run.main(list(args))
+        except SystemExit as exit_:  # argparse: --help, or an argument it refuses itself
+            code = exit_.code if isinstance(exit_.code, int) else 2
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["run.py", *args], code, out, err)
+
+    return call
 
 
 def run_command(*args: str, timeout: float = 600, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:

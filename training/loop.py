@@ -112,7 +112,9 @@ class Trainer:
             if pacing.updates_done - last_sync >= cfg.actors.weight_sync_updates:
                 feeder.sync_weights()
                 last_sync = pacing.updates_done
-            if counters.frames >= counters.next_eval_frame and not self.evals.running and not switching:
+            # A visit that has played its frames is scored by its visit-end round: no periodic one as well.
+            visit_done = cfg.eval.at_visit_end and progress.next_visit() is not progress.visit
+            if counters.frames >= counters.next_eval_frame and not self.evals.running and not (switching or visit_done):
                 self.evals.start("periodic")
                 counters.next_eval_frame = counters.frames + cfg.eval.every_frames
             now = time.monotonic()

@@ -25,7 +25,7 @@ ACTOR_START_TIMEOUT_S = 300  # actors not placed by then will not be: say so rat
 @dataclass
 class Actors:
     learner: Any
-    evaluator: Any
+    evaluator: Any  # None when the run never evaluates (no periodic and no end-of-visit rounds)
     env: list[Any]
     device: str  # the learner's
     others: dict[str, Any] = field(default_factory=dict)  # e.g. a strategy's consolidation actor
@@ -34,7 +34,8 @@ class Actors:
     def stop(self) -> None:
         """End every actor now, so their resources are free for whatever the process runs next."""
         for actor in [self.learner, self.evaluator, *self.env, *self.others.values()]:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
 
 
 def in_placement_group() -> bool:
@@ -80,9 +81,11 @@ def start_actors(config: RunConfig, others: dict[str, Any] | None = None) -> Act
         for i in range(cfg.actors.num_env_actors)
     ]
     # Evaluation runs rarely and must not take a core from the actors: no CPU reserved.
-    evaluator = EnvActor.options(num_cpus=0).remote(len(env), 1, cfg.agent.network, cfg.env, seed=cfg.seed)
+    evaluates = cfg.eval.every_frames > 0 or cfg.eval.at_visit_end
+    evaluator = EnvActor.options(num_cpus=0).remote(len(env), 1, cfg.agent.network, cfg.env, seed=cfg.seed) \
+        if evaluates else None
     actors = Actors(learner, evaluator, env, device, dict(others or {}))
-    named = {"learner": learner, "evaluator": evaluator, **actors.others,
+    named = {"learner": learner, **({"evaluator": evaluator} if evaluates else {}), **actors.others,
              **{f"env_actor_{i}": a for i, a in enumerate(env)}}
     try:
         actors.where = dict(zip(named, ray.get([a.where.remote() for a in named.values()],

@@ -204,14 +204,14 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-def test_cli_runs_on_idx_directory_with_progress(tmp_path, data):
+def test_cli_runs_on_idx_directory_with_progress(tmp_path, data, cli):
     images = lambda x: np.rint(x.numpy() * 255).reshape(-1, 28, 28)  # noqa: E731
     write_idx(tmp_path / f"{IDX_FILES['train_images']}.gz", images(data.train_images[:600]))
     write_idx(tmp_path / f"{IDX_FILES['train_labels']}.gz", data.train_labels[:600].numpy())
     write_idx(tmp_path / f"{IDX_FILES['test_images']}.gz", images(data.test_images[:200]))
     write_idx(tmp_path / f"{IDX_FILES['test_labels']}.gz", data.test_labels[:200].numpy())
     out_json = tmp_path / "idx.json"
-    proc = run_cli("--data-dir", str(tmp_path), "--tasks", "2", "--epochs", "2", "--hidden", "32",
+    proc = cli("mnist", "--data-dir", str(tmp_path), "--tasks", "2", "--epochs", "2", "--hidden", "32",
                    "--methods", "sgd,ewc", "--patience", "1", "--fisher", "empirical", "--json", str(out_json))
     assert proc.returncode == 0, proc.stderr
     assert "ewc task B (2/2) epoch 1/2" in proc.stderr and "IDX files" in proc.stderr
@@ -220,8 +220,8 @@ def test_cli_runs_on_idx_directory_with_progress(tmp_path, data):
     assert (result["config"]["num_train"], result["config"]["num_val"], result["config"]["num_test"]) == (540, 60, 200)
 
 
-def test_cli_help():
-    proc = run_cli("--help", timeout=60)
+def test_cli_help(cli):
+    proc = cli("mnist", "--help")
     assert proc.returncode == 0
     assert "Permuted MNIST" in proc.stdout and "--ewc-lambda" in proc.stdout and "--data-dir" in proc.stdout
 
@@ -234,8 +234,8 @@ def test_cli_help():
         (["--plot", "out.unknownformat"], "cannot save a figure"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_2(args, message):
-    proc = run_cli(*args, "--quiet", timeout=60)
+def test_cli_bad_input_is_one_line_exit_2(args, message, cli):
+    proc = cli("mnist", *args, "--quiet")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
     assert proc.stderr.startswith("run.py mnist: error:")

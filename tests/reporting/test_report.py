@@ -5,8 +5,6 @@ import base64
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -299,9 +297,8 @@ def test_help_describes_the_command(capsys):
     assert "Fig. 3A" in text and "forgetting" in text and "--out" in text
 
 
-def test_missing_run_dir_exits_2_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "run.py", "report", str(tmp_path / "nope")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+def test_missing_run_dir_exits_2_with_one_line(tmp_path, cli):
+    done = cli("report", str(tmp_path / "nope"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"run.py report: error: run directory {str(tmp_path / 'nope')!r} does not exist"]
 

@@ -36,7 +36,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def test_killed_env_actor_is_restarted_and_the_run_goes_on(train, tmp_path):
-    proc = train(tmp_path, ["run_name=kill_actor", *FAST], wait=False)
+    proc = train(tmp_path, ["run_name=kill_actor", *FAST, "schedule.repeats=1"], wait=False)
     run_dir = tmp_path / "kill_actor"
     try:
         wait_for(lambda: (run_dir / "actors.json").exists(), 120, proc)
@@ -53,10 +53,10 @@ def test_killed_env_actor_is_restarted_and_the_run_goes_on(train, tmp_path):
     else:  # killed between two chunks: nothing was lost, the restarted actor got the weights again
         assert "env actor 0 was restarted by Ray" in stderr and summary["lost_chunks"] == 0
     assert summary["completed"]
-    assert summary["frames"] >= 12_000  # the whole schedule was still played
+    assert summary["frames"] >= 6_000  # the whole schedule was still played
     # killed after ~150 of its steps, the restarted actor went on playing its share: throughput recovered
     steps = {int(actor): n for actor, n in summary["steps_per_actor"].items()}
-    assert steps[0] >= 0.3 * steps[1] and steps[0] > 600
+    assert steps[0] >= 0.3 * steps[1] and steps[0] > 300
 
 
 def test_killed_driver_resumes_from_its_checkpoint(train, ray_command, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import UsageError
-from tests.conftest import ROOT, run_command
+from tests.conftest import ROOT
 from training.config import config_from_dict, load_config, load_yaml
 from training.records import ACTORS_FILE
 from tuning.methods import METHODS, parse_methods
@@ -87,9 +87,9 @@ def test_every_method_is_a_valid_config_of_the_same_system_that_does_what_its_na
     (["agent.batch_size=32,0"], "agent.batch_size=0: config key 'agent.batch_size' must be positive"),
     (["epsilon.start=0.01,1.0", "epsilon.end=0.05"], "epsilon.start=0.01,epsilon.end=0.05: epsilon.end must not exceed"),
 ])
-def test_a_bad_grid_is_refused_before_any_trial_starts(grid, message, tmp_path):
+def test_a_bad_grid_is_refused_before_any_trial_starts(grid, message, tmp_path, cli):
     args = ["sweep", "--config", str(ROOT / "configs" / "minatar_quick.yaml"), "--logdir", str(tmp_path)]
-    proc = run_command(*args, *(f"--grid={g}" for g in grid))  # this tier forbids Ray: refused before it starts
+    proc = cli(*args, *(f"--grid={g}" for g in grid))  # this tier forbids Ray: refused before it starts
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # no sweep folder either
