@@ -75,6 +75,8 @@ class FMNConfig:
     downscale: int = 2
     levels: int = 32
     prior: float = 1 / 32
+    background_prior: float = 0.0
+    channel_backoff: float = 0.0
     count_cap: float = 1000.0
     outlier_prob: float = 0.1
 
@@ -98,6 +100,15 @@ class ForgetMeNot:
     prior: symmetric Dirichlet concentration per level (1/32, one pseudo-count per pixel in
         all). A large prior (0.5) lets a known game explain a new one with the same dark
         background (SpaceInvaders, Gopher, Krull and Asterix merge), a small one keeps them apart.
+    background_prior: extra prior count on level 0 (black, an empty cell), 0 by default. On sparse
+        frames (MinAtar grids light 7-50 of 1,000 cells) a new task otherwise pays log(levels) per
+        pixel for its first observation, more than a known game pays for a different game's few
+        sprites, so a new game is merged into the first one (MinAtar: 1.0).
+    channel_backoff: a task's prior count for (pixel, level) also gets channel_backoff x the share
+        of the pixel's channel's cells at that level in the task's observations, 0 by default. A
+        sprite in a new place then costs little if its channel lights elsewhere in this game, and
+        much if the game never lights that channel: which channels light is a game's signature
+        (MinAtar: 30.0; an (H, W) frame is one channel).
     count_cap: when a task's per-pixel total count (its number of observations, up to
         halvings) reaches this, its counts are halved (1000). Without a cap the cost of a
         never-seen level grows as log(total) without bound, so a long-lived task becomes ever
@@ -125,6 +136,8 @@ class ForgetMeNot:
         downscale: int = FMNConfig.downscale,
         levels: int = FMNConfig.levels,
         prior: float = FMNConfig.prior,
+        background_prior: float = FMNConfig.background_prior,
+        channel_backoff: float = FMNConfig.channel_backoff,
         count_cap: float | None = FMNConfig.count_cap,
         outlier_prob: float = FMNConfig.outlier_prob,
         frame_shape: tuple[int, ...] = FRAME_SHAPE,
@@ -143,6 +156,10 @@ class ForgetMeNot:
             raise UsageError(f"levels must be an integer in [2, 256], got {levels!r}")
         if not (_is_number(prior) and math.isfinite(prior) and prior > 0):
             raise UsageError(f"prior must be a positive number, got {prior!r}")
+        if not (_is_number(background_prior) and math.isfinite(background_prior) and background_prior >= 0):
+            raise UsageError(f"background_prior must be a number >= 0, got {background_prior!r}")
+        if not (_is_number(channel_backoff) and math.isfinite(channel_backoff) and channel_backoff >= 0):
+            raise UsageError(f"channel_backoff must be a number >= 0, got {channel_backoff!r}")
         if count_cap is not None and not (_is_number(count_cap) and count_cap >= 2 * window):
             raise UsageError(f"count_cap must be None or a number >= 2 * window ({2 * window}), got {count_cap!r}")
         if not (_is_number(outlier_prob) and 0 < outlier_prob < 1):
@@ -153,6 +170,8 @@ class ForgetMeNot:
         self.downscale = int(downscale)
         self.levels = int(levels)
         self.prior = float(prior)
+        self.background_prior = float(background_prior)
+        self.channel_backoff = float(channel_backoff)
         self.count_cap = None if count_cap is None else float(count_cap)
         self.outlier_prob = float(outlier_prob)
         self.frame_shape = frame_shape
@@ -162,7 +181,10 @@ class ForgetMeNot:
         self.uniform_log_likelihood = -self.num_pixels * math.log(self.levels)
         # Flat index of (pixel, level) is pixel * levels + level: one gather scores a frame.
         self._pixel_offsets = np.arange(self.num_pixels, dtype=np.intp) * self.levels
-        self._tasks = TaskCounts(self.num_pixels, self.levels, self.prior, self.count_cap)
+        level_priors = np.full(self.levels, self.prior)
+        level_priors[0] += self.background_prior
+        channels = frame_shape[0] if len(frame_shape) == 3 else 1
+        self._tasks = TaskCounts(self.num_pixels, level_priors, self.count_cap, channels, self.channel_backoff)
         self._pending: list[np.ndarray] = []  # flat indices of the current window's observations
         self._frames_seen = 0
         self._observations_seen = 0
@@ -233,7 +255,7 @@ class ForgetMeNot:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()`; it must have been saved with this instance's configuration."""
         _check_state_version(state)
-        if state["config"] != self._config():
+        if {**_OPTION_DEFAULTS, **state["config"]} != self._config():
             raise UsageError(
                 f"state was saved with config {state['config']}, this instance has {self._config()}; "
                 "use ForgetMeNot.from_state_dict(state)"
@@ -288,16 +310,27 @@ class ForgetMeNot:
         observations [j, i): a level's probability is (matches + prior) / (i - j + levels * prior).
         """
         window = len(observations)
-        log_match = np.log(np.arange(window) + self.prior)  # log(matches + prior)
+        tasks = self._tasks
+        priors = tasks.priors[observations]  # (window, pixels): the prior count of each observed level
+        prior_mass = tasks.prior_mass
+        # per observation and (channel, level): how many of the channel's cells take the level
+        group_keys = tasks.group_of_pixel * self.levels + (observations - self._pixel_offsets)  # (window, pixels)
+        group_hists = np.stack([np.bincount(keys, minlength=tasks.groups * self.levels) for keys in group_keys])
         in_suffix = np.zeros((window, window), dtype=bool)
         log_likelihoods = np.zeros((window, window))  # [j, i]: observation i under the task started at j
         for i in range(window):
             matches = np.zeros(self.num_pixels, dtype=np.intp)  # per pixel: observations in [j, i) equal to i
+            hist = np.zeros(tasks.groups * self.levels)
             for j in range(i, -1, -1):
+                pseudo = priors[i]
                 if j < i:
                     matches += observations[j] == observations[i]
-                normaliser = self.num_pixels * math.log(i - j + self.levels * self.prior)
-                log_likelihoods[j, i] = log_match[matches].sum() - normaliser
+                    hist += group_hists[j]
+                if tasks.backoff:
+                    base = hist[group_keys[i]] / ((i - j) * tasks.group_size) if j < i else 1.0 / self.levels
+                    pseudo = pseudo + tasks.backoff * base
+                normaliser = self.num_pixels * math.log(i - j + prior_mass)
+                log_likelihoods[j, i] = np.log(matches + pseudo).sum() - normaliser
                 in_suffix[j, i] = True
         return np.where(in_suffix, self._with_outliers(log_likelihoods), 0.0).sum(axis=1)
 
@@ -354,10 +387,15 @@ class TaskCounts:
     last axis, so scoring an observation is one gather of its (pixel, level) rows and one sum.
     """
 
-    def __init__(self, num_pixels: int, levels: int, prior: float, count_cap: float | None):
-        self.num_pixels, self.levels, self.prior, self.count_cap = num_pixels, levels, prior, count_cap
+    def __init__(self, num_pixels: int, level_priors: np.ndarray, count_cap: float | None, groups: int = 1,
+                 backoff: float = 0.0):
+        self.num_pixels, self.levels, self.count_cap = num_pixels, len(level_priors), count_cap
+        self.priors = np.tile(level_priors, num_pixels)  # the prior count of each (pixel, level)
+        self.groups, self.group_size, self.backoff = groups, num_pixels // groups, backoff
+        self.group_of_pixel = np.arange(num_pixels) // self.group_size
+        self.prior_mass = float(level_priors.sum()) + backoff  # the same for every pixel
         self._pixel_weights = np.ones(num_pixels)  # sums gathered log-probs with one matmul
-        self.install(np.zeros((0, num_pixels * levels)), np.zeros(0))
+        self.install(np.zeros((0, num_pixels * self.levels)), np.zeros(0))
 
     @property
     def num_tasks(self) -> int:
@@ -367,12 +405,12 @@ class TaskCounts:
         """Set counts (tasks, pixels * levels) and per-task totals, rebuilding the cached logs."""
         self.counts = counts
         self.totals = totals
-        self._log_table = np.ascontiguousarray(np.log(counts + self.prior).T)
+        self._log_table = np.ascontiguousarray(np.log(counts + self._pseudo_counts(counts, totals)).T)
         self._refresh_normalisers()
 
     def _refresh_normalisers(self) -> None:
         # Every pixel of a task has the same total, so one normaliser per task covers all pixels.
-        self._log_normalisers = self.num_pixels * np.log(self.totals + self.levels * self.prior)
+        self._log_normalisers = self.num_pixels * np.log(self.totals + self.prior_mass)
 
     def spawn(self) -> int:
         empty_row = np.zeros((1, self.counts.shape[1]))
@@ -390,11 +428,25 @@ class TaskCounts:
         if self.count_cap is not None and self.totals[task] >= self.count_cap:
             counts *= 0.5
             self.totals[task] *= 0.5
-            self._log_table[:, task] = np.log(counts + self.prior)
+            self._log_table[:, task] = np.log(counts + self._pseudo_counts(counts, self.totals[task]))
+        elif self.backoff:
+            self._log_table[:, task] = np.log(counts + self._pseudo_counts(counts, self.totals[task]))
         else:
             touched = observations.ravel()
-            self._log_table[touched, task] = np.log(counts[touched] + self.prior)
+            self._log_table[touched, task] = np.log(counts[touched] + self.priors[touched])
         self._refresh_normalisers()  # for all tasks: the same arithmetic as after a load
+
+    def _pseudo_counts(self, counts: np.ndarray, totals: np.ndarray | float) -> np.ndarray:
+        """Each (pixel, level)'s prior count: the level's prior, plus `backoff` x the share of the pixel's channel's
+        cells at that level in the task's observations (uniform before any)."""
+        if not self.backoff:
+            return self.priors
+        totals = np.asarray(totals, dtype=np.float64)
+        by_group = counts.reshape(*counts.shape[:-1], self.groups, self.group_size, self.levels).sum(-2)
+        seen = np.maximum(totals, 1.0)[..., None, None] * self.group_size
+        base = np.where(totals[..., None, None] > 0, by_group / seen, 1.0 / self.levels)
+        spread = np.broadcast_to(base[..., None, :], (*base.shape[:-1], self.group_size, self.levels))
+        return self.priors + self.backoff * spread.reshape(counts.shape)
 
     def score(self, observations: np.ndarray) -> np.ndarray:
         """(W, pixels) flat indices -> (W, tasks) log-likelihood of each observation under each known task."""
@@ -403,7 +455,10 @@ class TaskCounts:
         return self._pixel_weights @ gathered - self._log_normalisers
 
 
-_CONFIG_NAMES = ("window", "observe_every", "downscale", "levels", "prior", "count_cap", "outlier_prob", "frame_shape")
+# Options added after states were first saved, with the values those states were made with.
+_OPTION_DEFAULTS = {"background_prior": 0.0, "channel_backoff": 0.0}
+_CONFIG_NAMES = ("window", "observe_every", "downscale", "levels", "prior", "background_prior", "channel_backoff",
+                 "count_cap", "outlier_prob", "frame_shape")
 
 
 def _checked_arrays(state: dict[str, Any], num_pixels: int, levels: int, window: int) -> tuple[np.ndarray, np.ndarray]:
