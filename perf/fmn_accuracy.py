@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from common.errors import UsageError
-from envs.games import family_of, random_policy_frames
+from envs.games import family_of, random_policy_frames, resolve_game
 from fmn import ForgetMeNot
 from fmn.segmentation import adjusted_rand_index, detection_delays, majority_ids
 from training.config import load_config
@@ -51,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config, args.set)
-        games = [g.strip() for g in args.games.split(",")] if args.games else list(config.games)
+        games = [resolve_game(g.strip()) for g in args.games.split(",")] if args.games else list(config.games)
         frame_shapes = {family_of(game).frame_shape(config.env) for game in games}
         if len(frame_shapes) != 1:
             raise UsageError(f"--games mixes frame shapes {sorted(frame_shapes)}: give games of one family")
-        visit_lengths = [int(v) for v in args.visit_frames.split(",")]
+        try:
+            visit_lengths = [int(v) for v in args.visit_frames.split(",")]
+        except ValueError:
+            raise UsageError(f"--visit-frames expects comma-separated integers, got {args.visit_frames!r}") from None
         if len(games) < 2 or min(visit_lengths) < 1 or args.rounds < 1:
             raise UsageError("give at least 2 games, positive --visit-frames and --rounds >= 1")
         ForgetMeNot.from_config(config.fmn, frame_shape=frame_shapes.pop())  # the options are valid
