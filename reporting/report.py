@@ -108,6 +108,7 @@ def run_summary(run: RunLog, matrix: EvaluationMatrix | None, metrics: dict[str,
         "rounds": [{"kind": r.kind, "frames": r.frames, "visit_index": r.visit_index, "score": r.scores,
                     "normalized": r.normalized, "capped_sum": r.capped_sum} for r in run.rounds],
         "skipped_lines": run.skipped_lines,
+        "fmn_confusion": run.task_inference,  # task_inference: fmn: frames per (game, inferred id), agreement
     }
 
 
@@ -215,6 +216,20 @@ def _learning_table(learning: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _task_inference_table(inference: dict[str, Any]) -> str:
+    """Forget-me-not's confusion matrix: frames of each game played under each inferred task id."""
+    tasks = inference.get("tasks") or sorted({int(t) for row in inference["frames"].values() for t in row})
+    head = "<tr><th>game played</th>" + "".join(f"<th>task {t}</th>" for t in tasks) + "</tr>"
+    rows = "".join(f"<tr><td>{html.escape(game)}</td>" + "".join(f"<td>{row.get(str(t), 0):,}</td>" for t in tasks)
+                   + "</tr>" for game, row in inference["frames"].items())
+    agreement = inference.get("adjusted_rand_index")
+    note = ("" if agreement is None else
+            f"<p>Adjusted Rand index of the inferred ids against the games played: {agreement:.3f} "
+            "(1: one id per game and one game per id; 0: chance).</p>")
+    return ("<h3>Task inference (forget-me-not): frames per game played and inferred task</h3>"
+            f"<table>{head}{rows}</table>{note}")
+
+
 def _stat(stat: dict[str, Any]) -> str:
     if stat["mean"] is None:
         return "&ndash;"
@@ -281,6 +296,8 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
             parts.append("<h3>Evaluation matrix</h3><p>Raw score (normalised in brackets); "
                          "the game trained in that visit is highlighted.</p>" + _matrix_table(matrix))
             parts.append(_image(own["matrix"], f"evaluation matrix of {run.name}"))
+        if run.task_inference is not None:
+            parts.append(_task_inference_table(run.task_inference))
         if "training" in own:
             parts.append("<h3>Training log</h3>" + _image(own["training"], f"training log of {run.name}"))
     parts.append("<h2>Definitions</h2>" + DEFINITIONS + "</body></html>")
@@ -367,6 +384,11 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     report = make_report(args.run_dirs, args.out, progress=progress)
     print(summary_table(report["runs"]))
+    for summary in report["runs"]:
+        agreement = (summary["fmn_confusion"] or {}).get("adjusted_rand_index")
+        if agreement is not None:
+            print(f"{summary['name']}: forget-me-not's inferred ids against the games played: "
+                  f"adjusted Rand index {agreement:.3f}")
     if report["seed_groups"]:
         print(seed_groups_text(report["seed_groups"], METRIC_NAMES))
     return 0

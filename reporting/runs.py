@@ -2,7 +2,8 @@
 
 - `config.yaml` -> the run's config and its schedule (which game each visit trained);
 - `eval.jsonl`  -> one `EvalRound` per evaluation round;
-- `metrics.jsonl` (optional) -> the training log as numpy columns, for the training-curve plot.
+- `metrics.jsonl` (optional) -> the training log as numpy columns, for the training-curve plot;
+- `fmn_confusion.json` (task_inference: fmn) -> frames per (true game, inferred task), and their agreement.
 
 The schedule plans visit i at frames [i, i + 1) x frames_per_visit, but the trainer plays each visit for
 frames_per_visit frames from whenever it really began, so a run drifts later than its plan;
@@ -29,6 +30,7 @@ from training.config import RunConfig, config_from_dict
 from training.records import (
     CONFIG_FILE,
     EVAL_FILE,
+    FMN_CONFUSION_FILE,
     METRICS_FILE,
     METRICS_NUMBER_COLUMNS,
     EvalRound,
@@ -61,6 +63,7 @@ class RunLog:
     rounds: list[EvalRound]
     training: TrainingLog | None
     skipped_lines: dict[str, int] = field(default_factory=dict)  # file name -> malformed lines skipped
+    task_inference: dict[str, Any] | None = None  # fmn_confusion.json: {"tasks", "frames", "adjusted_rand_index"}
 
 
 def _json_lines(path: Path, skipped: dict[str, int]) -> Iterator[dict[str, Any]]:
@@ -164,7 +167,17 @@ def load_run(run_dir: str | Path) -> RunLog:
         rounds=rounds,  # file order = the order they were taken (plots sort by frames)
         training=training,
         skipped_lines=skipped,
+        task_inference=read_task_inference(run_dir / FMN_CONFUSION_FILE),
     )
+
+
+def read_task_inference(path: Path) -> dict[str, Any] | None:
+    """fmn_confusion.json, written at the end of a run with task_inference: fmn; None without one (or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("frames"), dict) else None
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:

@@ -20,6 +20,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 SUMMARY_FILE = "summary.json"
+FMN_CONFUSION_FILE = "fmn_confusion.json"  # task_inference: fmn: frames per (true game, inferred task)
 ACTORS_FILE = "actors.json"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"

@@ -21,6 +21,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fmn.segmentation import adjusted_rand_index_of
+from training.records import FMN_CONFUSION_FILE
+
 
 class TaskIds(ABC):
     """The source of task ids the trainer uses."""
@@ -111,14 +116,19 @@ class ForgetMeNotTaskIds(TaskIds):
 
     def finish(self, confusion: Mapping[str, Mapping[int, int]], run_dir: Path,
                add_text: Callable[[str, str], None], say: Callable[[str], None]) -> None:
-        """fmn_confusion.json and a text table (TensorBoard and the console)."""
+        """fmn_confusion.json and a text table (TensorBoard and the console), with the adjusted Rand index of the
+        inferred ids against the games played (1: every game its own id, one id per game; 0: chance)."""
         tasks = sorted({t for row in confusion.values() for t in row})
-        (run_dir / "fmn_confusion.json").write_text(json.dumps(
-            {"tasks": tasks, "frames": {g: {str(t): n for t, n in row.items()} for g, row in confusion.items()}},
-            indent=2))
+        counts = [[row.get(t, 0) for t in tasks] for row in confusion.values()]
+        agreement = adjusted_rand_index_of(np.array(counts)) if tasks else None
+        (run_dir / FMN_CONFUSION_FILE).write_text(json.dumps(
+            {"tasks": tasks, "frames": {g: {str(t): n for t, n in row.items()} for g, row in confusion.items()},
+             "adjusted_rand_index": agreement}, indent=2))
         header = "| game | " + " | ".join(f"task {t}" for t in tasks) + " |"
-        rows = [f"| {g} | " + " | ".join(str(row.get(t, 0)) for t in tasks) + " |" for g, row in confusion.items()]
+        rows = [f"| {g} | " + " | ".join(map(str, row)) + " |" for g, row in zip(confusion, counts)]
         table = "\n".join([header, "|---" * (len(tasks) + 1) + "|", *rows])
+        if agreement is not None:
+            table += f"\n\nadjusted Rand index of the inferred ids against the games played: {agreement:.3f}"
         add_text("fmn/confusion", table)
         say("forget-me-not confusion (frames per true game x inferred task):\n" + table)
 

@@ -230,6 +230,25 @@ def test_report_on_the_tiny_run(tiny_run, tmp_path, capsys):
     assert len(summary["rounds"]) == len(records)
 
 
+def test_a_forget_me_not_run_reports_its_confusion_matrix_and_agreement(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "fmn_run", run_name="fmn_run", task_inference="fmn")
+    confusion = {"tasks": [0, 1, 2], "frames": {"Pong": {"0": 7900, "2": 100}, "Breakout": {"1": 8000}},
+                 "adjusted_rand_index": 0.97}
+    (run_dir / "fmn_confusion.json").write_text(json.dumps(confusion))
+    out = tmp_path / "report"
+    assert run.main(["report", str(run_dir), "--out", str(out), "--quiet"]) == 0
+    assert "fmn_run: forget-me-not's inferred ids against the games played: adjusted Rand index 0.970" in (
+        capsys.readouterr().out)
+    (summary,) = json.loads((out / "report.json").read_text())["runs"]
+    assert summary["fmn_confusion"] == confusion and summary["task_inference"] == "fmn"
+    page = (out / "report.html").read_text()
+    assert "Task inference (forget-me-not)" in page and "<td>7,900</td><td>0</td><td>100</td>" in page
+    assert "Adjusted Rand index of the inferred ids against the games played: 0.970" in page
+    (tiny_out := tmp_path / "tiny_report").mkdir()
+    assert run.main(["report", str(tiny_run), "--out", str(tiny_out), "--quiet"]) == 0
+    assert "Task inference" not in (tiny_out / "report.html").read_text()  # labelled runs have no such table
+
+
 def test_report_compares_runs_and_defaults_to_the_first_runs_folder(tiny_run, tmp_path, capsys):
     first = copy_run(tiny_run, tmp_path / "a" / "tiny")
     second = copy_run(tiny_run, tmp_path / "b" / "no_ewc", run_name="no_ewc")

@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
+from fmn.segmentation import adjusted_rand_index_of
 from tests.conftest import ROOT
 from training import checkpoint
 from training.config import load_config, load_yaml
@@ -149,6 +151,10 @@ def test_forget_me_not_run_infers_the_games_and_reuses_their_ids(train, tmp_path
     # nearly every frame of each game got its game's id, over both visits (a return reuses the id)
     assert pong[pong_id] >= 0.95 * sum(pong.values()) and breakout[breakout_id] >= 0.95 * sum(breakout.values())
     assert proc.stderr.count("forget-me-not: task") >= 3  # every switch was detected, none told
+    agreement = json.loads((run_dir / "fmn_confusion.json").read_text())["adjusted_rand_index"]
+    table = np.array([[row.get(t, 0) for t in sorted({*pong, *breakout})] for row in (pong, breakout)])
+    assert agreement == pytest.approx(adjusted_rand_index_of(table)) and agreement > 0.8
+    assert f"adjusted Rand index of the inferred ids against the games played: {agreement:.3f}" in proc.stderr
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert {r["task"] for r in records if r["game"] == "Breakout" and r["frames"] > 4000} >= {int(breakout_id)}
 
