@@ -184,7 +184,7 @@ def test_each_visit_plays_its_frames_and_each_task_gets_every_update_it_is_owed(
 
 
 # Written out, not globbed: a config added to configs/ must be added here too, or the test below fails.
-SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_no_ewc", "minatar_quick",
+SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_fmn", "minatar_no_ewc", "minatar_quick",
                    "minatar_rehearsal", "minatar_reset", "no_ewc", "paper", "paper_fmn", "smoke"]
 
 
