@@ -13,7 +13,11 @@ The model
   `downscale` x `downscale` blocks (42x42 by default) and quantised to `levels` intensities.
 * Each task is a factorised Dirichlet-multinomial: pixel p has its own categorical over the
   levels with a symmetric Dirichlet(`prior`) prior, so the predictive probability of level v
-  is (count[p, v] + prior) / (total + levels * prior).
+  is (count[p, v] + prior) / (total + levels * prior). For sparse frames (MinAtar) two options
+  reshape the prior: `background_prior` adds to level 0's prior count (an empty cell is
+  expected) and `channel_backoff` adds a share proportional to how often the pixel's channel
+  takes level v in the task (a sprite may move anywhere its channel lights); both are 0 by
+  default, and the prior mass in the denominator grows by the same amounts.
 * Only every `observe_every`-th frame is an *observation* (the paper updates the models every
   4 agent steps). The frames in between are labelled with the current task, not modelled.
 * Decisions are made once per *window* of `window` observations. At a window's end the
@@ -307,7 +311,9 @@ class ForgetMeNot:
         """scores[j]: log-likelihood of observations [j, window) under a fresh task that learns as it goes.
 
         A fresh task started at observation j predicts observation i >= j from its counts of
-        observations [j, i): a level's probability is (matches + prior) / (i - j + levels * prior).
+        observations [j, i): a level's probability is (matches + pseudo) / (i - j + prior mass), where
+        pseudo is the level's prior (plus background_prior for level 0, plus channel_backoff x the
+        level's share of the pixel's channel in observations [j, i)), as for a known task.
         """
         window = len(observations)
         tasks = self._tasks
@@ -381,7 +387,8 @@ class ForgetMeNot:
 
 
 class TaskCounts:
-    """The tasks' models: per task and pixel, a histogram of quantised levels with a symmetric Dirichlet prior.
+    """The tasks' models: per task and pixel, a histogram of quantised levels with a Dirichlet prior (per level,
+    optionally backed off to the pixel's channel).
 
     Counts are kept flat as (tasks, pixels * levels), with log(count + prior) cached with tasks on the
     last axis, so scoring an observation is one gather of its (pixel, level) rows and one sum.
@@ -425,11 +432,11 @@ class TaskCounts:
         for indices in observations:  # distinct within one observation, so += is safe
             counts[indices] += 1.0
         self.totals[task] += len(observations)
-        if self.count_cap is not None and self.totals[task] >= self.count_cap:
+        capped = self.count_cap is not None and self.totals[task] >= self.count_cap
+        if capped:
             counts *= 0.5
             self.totals[task] *= 0.5
-            self._log_table[:, task] = np.log(counts + self._pseudo_counts(counts, self.totals[task]))
-        elif self.backoff:
+        if capped or self.backoff:  # every entry changed (the backoff follows the channel's shares)
             self._log_table[:, task] = np.log(counts + self._pseudo_counts(counts, self.totals[task]))
         else:
             touched = observations.ravel()
