@@ -65,12 +65,13 @@ class Feeder:
         progress, config = self.progress, self.progress.config
         steps_per_collect = config.actors.chunk_steps * config.actors.envs_per_actor
         task, game = progress.task, progress.visit.game
+        label = task if progress.task_ids.told_at_switches else None  # forget-me-not: the learner is told nothing
         for i in sorted(self.idle):
             if not progress.pacing.may_collect(progress.replay_ready):
                 break
             stats_ref, chunks_ref = self.actors.env[i].collect_split.remote(
                 config.actors.chunk_steps, progress.epsilon.value(task), game, task)
-            add_ref = self.actors.learner.add.remote(task, chunks_ref, game)  # actor -> learner directly
+            add_ref = self.actors.learner.add.remote(label, chunks_ref)  # actor -> learner directly
             self.collects[stats_ref] = (i, add_ref)
             self.adds[add_ref] = steps_per_collect
             progress.pacing.collect_started(steps_per_collect)

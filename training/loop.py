@@ -139,8 +139,8 @@ class Trainer:
             self._on_eval(self.evals.finish())
         self._log()
         path = self.checkpoints.save()
-        self.progress.task_ids.finish(ray.get(learner.fmn_confusion.remote()), self.run_dir,
-                                      lambda tag, text: self.writer.text(tag, text, counters.frames), self.say)
+        self.progress.task_ids.finish(self.run_dir, lambda tag, text: self.writer.text(tag, text, counters.frames),
+                                      self.say)
         summary = self.progress.summary(
             run_dir=str(self.run_dir), completed=completed, checkpoint=str(path), strategy=self.strategy.name,
             updates_per_task=ray.get(learner.updates_per_task.remote()),

@@ -90,7 +90,7 @@ class RunProgress:
         """The learner stored a collect of `steps` agent steps under `added.task`."""
         counters, task = self.counters, added.task
         counters.frames_per_task[task] = counters.frames_per_task.get(task, 0) + steps * self.config.env.frame_skip
-        self.task_ids.note_added(self.visit.game, task, added.transitions)
+        self.task_ids.note_added(self.visit.game, task, added.transitions, added.inferred_frames)
         if task == self.task:
             self.replay_size, self.replay_ready = added.replay_size, added.ready
         self.pacing.collect_stored(steps, task, added.transitions, added.ready)

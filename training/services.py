@@ -37,6 +37,7 @@ class AddResult:
     replay_size: int
     transitions: int
     ready: bool  # the task's buffer may be trained on
+    inferred_frames: dict[int, int] = field(default_factory=dict)  # forget-me-not: frames per inferred id
 
 
 @dataclass(frozen=True)
@@ -75,24 +76,25 @@ class LearnerService:
                                  stack=network.frame_stack, seed=config.seed, n_step=agent.n_step, gamma=agent.gamma,
                                  compression=agent.replay_compression)
         self.fmn = ForgetMeNot.from_config(config.fmn, network.frame_shape) if config.task_inference == "fmn" else None
-        self.confusion: dict[str, dict[int, int]] = {}
         self.task_updates: dict[int, int] = {}  # updates trained per task
         self._penalty_reported = -float("inf")  # perf_counter time the EWC penalty's value was last computed
         self._rehearsal_rng = np.random.default_rng([config.seed, 1])
 
-    def add(self, task: int, chunks: list[tuple[tuple, TransitionChunk]], game: str = "") -> AddResult:
+    def add(self, task: int | None, chunks: list[tuple[tuple, TransitionChunk]]) -> AddResult:
         """Store an actor's chunks in their task's buffer; returns the task, its buffer size and readiness.
 
-        With forget-me-not task inference the task comes from the frames (the majority id over
-        the chunks' frames), not from `task`; `game`, the true game, only feeds the confusion counts.
+        With forget-me-not task inference the learner is told nothing (`task` None): the task is the
+        majority id over the chunks' frames, and `inferred_frames` says how many frames got each id.
         """
+        inferred_frames: dict[int, int] = {}
+        if (task is None) != (self.fmn is not None):
+            raise ValueError(f"add(task={task}) to a learner with task_inference: {self.config.task_inference}: "
+                             "forget-me-not infers every task, and a schedule-labelled run gives every one")
         if self.fmn is not None:
             ids = np.concatenate([self.fmn.observe_batch(chunk.frames) for _, chunk in chunks])
             votes = np.bincount(ids)
             task = int(votes.argmax())
-            for inferred in np.flatnonzero(votes):
-                row = self.confusion.setdefault(game, {})
-                row[int(inferred)] = row.get(int(inferred), 0) + int(votes[inferred])
+            inferred_frames = {int(inferred): int(votes[inferred]) for inferred in np.flatnonzero(votes)}
             if task >= self.config.agent.network.max_tasks:
                 raise UsageError(
                     f"forget-me-not found {task + 1} tasks, more than agent.network.max_tasks "
@@ -107,7 +109,7 @@ class LearnerService:
                     continue
             buffer.add_chunk(chunk, source)
             transitions += chunk.num_transitions
-        return AddResult(task, self.replay.num_transitions(task), transitions, self.ready(task))
+        return AddResult(task, self.replay.num_transitions(task), transitions, self.ready(task), inferred_frames)
 
     def ready(self, task: int) -> bool:
         """Whether `task`'s buffer may be trained on (`agents.replay.FrameReplay.ready`)."""
@@ -202,14 +204,9 @@ class LearnerService:
     def replay_sizes(self) -> dict[int, int]:
         return {task: self.replay.num_transitions(task) for task in self.replay.tasks}
 
-    def fmn_confusion(self) -> dict[str, dict[int, int]]:
-        """Frames per (true game, inferred task) so far; empty without forget-me-not."""
-        return {game: dict(row) for game, row in self.confusion.items()}
-
     def state_dict(self) -> dict[str, Any]:
         """Everything but the replay, which checkpoints save apart (`replay_export`)."""
-        state = {"learner": self.learner.state_dict(), "confusion": self.fmn_confusion(),
-                 "updates_per_task": self.updates_per_task()}
+        state = {"learner": self.learner.state_dict(), "updates_per_task": self.updates_per_task()}
         if self.fmn is not None:
             state["fmn"] = self.fmn.state_dict()
         return state
@@ -221,7 +218,6 @@ class LearnerService:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
-        self.confusion = {game: dict(row) for game, row in state.get("confusion", {}).items()}
         self.task_updates = {int(t): int(n) for t, n in state.get("updates_per_task", {}).items()}
         if self.fmn is not None:
             if "fmn" not in state:

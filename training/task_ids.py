@@ -36,8 +36,8 @@ class TaskIds(ABC):
     def visit_task(self, game: str, current: int) -> int:
         """The task id to play `game` with at the start of its visit (`current`: the id in use)."""
 
-    def note_added(self, game: str, task: int, transitions: int) -> None:
-        """The learner stored `transitions` of `game` under `task`."""
+    def note_added(self, game: str, task: int, transitions: int, inferred_frames: Mapping[int, int]) -> None:
+        """The learner stored `transitions` of `game` under `task` (`inferred_frames`: frames per id it inferred)."""
 
     @abstractmethod
     def eval_task(self, game: str) -> int:
@@ -51,9 +51,8 @@ class TaskIds(ABC):
         """Extra TensorBoard scalars for a log line."""
         return {}
 
-    def finish(self, confusion: Mapping[str, Mapping[int, int]], run_dir: Path,
-               add_text: Callable[[str, str], None], say: Callable[[str], None]) -> None:
-        """At the end of a run: `confusion` is the learner's frames per (true game, inferred task)."""
+    def finish(self, run_dir: Path, add_text: Callable[[str, str], None], say: Callable[[str], None]) -> None:
+        """At the end of a run: what the ids were (text for TensorBoard, lines for the console)."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -95,13 +94,18 @@ class ForgetMeNotTaskIds(TaskIds):
         self.games = list(dict.fromkeys(games))
         self.max_tasks = max_tasks
         self.votes: dict[str, dict[int, int]] = {}  # true game -> inferred task -> transitions
+        # true game -> inferred id -> frames: the driver keeps this, so no label reaches the learner
+        self.confusion: dict[str, dict[int, int]] = {}
 
     def visit_task(self, game: str, current: int) -> int:
         return current  # not told: go on with the current id until the frames say otherwise
 
-    def note_added(self, game: str, task: int, transitions: int) -> None:
+    def note_added(self, game: str, task: int, transitions: int, inferred_frames: Mapping[int, int]) -> None:
         row = self.votes.setdefault(game, {})
         row[task] = row.get(task, 0) + transitions
+        row = self.confusion.setdefault(game, {})
+        for inferred, frames in inferred_frames.items():
+            row[inferred] = row.get(inferred, 0) + frames
 
     def eval_task(self, game: str) -> int:
         """The id most of the game's frames got; an unseen game gets an unused id (fresh parameters)."""
@@ -114,10 +118,10 @@ class ForgetMeNotTaskIds(TaskIds):
     def scalars(self, task: int, game: str) -> dict[str, float]:
         return {"fmn/inferred_task": task, "fmn/true_game": self.games.index(game)}
 
-    def finish(self, confusion: Mapping[str, Mapping[int, int]], run_dir: Path,
-               add_text: Callable[[str, str], None], say: Callable[[str], None]) -> None:
+    def finish(self, run_dir: Path, add_text: Callable[[str, str], None], say: Callable[[str], None]) -> None:
         """fmn_confusion.json and a text table (TensorBoard and the console), with the adjusted Rand index of the
         inferred ids against the games played (1: every game its own id, one id per game; 0: chance)."""
+        confusion = self.confusion
         tasks = sorted({t for row in confusion.values() for t in row})
         counts = [[row.get(t, 0) for t in tasks] for row in confusion.values()]
         agreement = adjusted_rand_index_of(np.array(counts)) if tasks else None
@@ -133,10 +137,12 @@ class ForgetMeNotTaskIds(TaskIds):
         say("forget-me-not confusion (frames per true game x inferred task):\n" + table)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"votes": {g: dict(row) for g, row in self.votes.items()}}
+        return {"votes": {g: dict(row) for g, row in self.votes.items()},
+                "confusion": {g: dict(row) for g, row in self.confusion.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.votes = {g: {int(t): int(n) for t, n in row.items()} for g, row in state["votes"].items()}
+        self.confusion = {g: {int(t): int(n) for t, n in row.items()} for g, row in state.get("confusion", {}).items()}
 
 
 def make_task_ids(task_inference: str, games: list[str], max_tasks: int) -> TaskIds:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -173,3 +174,37 @@ def test_rehearsal_mixes_the_earlier_tasks_into_each_minibatch_with_their_own_ta
     assert cloned[0].tolist() == [False] * 24 + [True] * 8
     with pytest.raises(UsageError, match="rehearsal_share"):
         dataclasses.replace(config.agent, rehearsal_share=1.0)
+
+
+def test_a_learner_that_infers_tasks_is_told_none_and_says_what_it_inferred(config):
+    fmn_config = dataclasses.replace(config, task_inference="fmn")
+    learner, runner = LearnerService(fmn_config), EnvRunner(0, 1, config.agent.network, config.env, seed=1)
+    runner.set_game("Pong", 0)
+    chunks = runner.collect(64, epsilon=1.0).chunks
+    with pytest.raises(ValueError, match="forget-me-not infers every task"):
+        learner.add(0, chunks)  # a schedule label must never reach it
+    added = learner.add(None, chunks)
+    assert added.task == 0 and added.transitions == 64
+    assert added.inferred_frames == {0: sum(len(chunk.frames) for _, chunk in chunks)}  # every frame observed
+    with pytest.raises(ValueError, match="a schedule-labelled run gives every one"):
+        LearnerService(config).add(None, chunks)
+    assert LearnerService(config).add(0, chunks).inferred_frames == {}
+
+
+def test_forget_me_not_ids_keep_the_confusion_counts_on_the_driver(tmp_path):
+    from training.task_ids import make_task_ids
+
+    ids = make_task_ids("fmn", ["Pong", "Breakout"], max_tasks=4)
+    ids.note_added("Pong", 0, 100, {0: 90, 1: 10})
+    ids.note_added("Breakout", 1, 100, {1: 100})
+    restored = make_task_ids("fmn", ["Pong", "Breakout"], max_tasks=4)
+    restored.load_state_dict(ids.state_dict())
+    texts, lines = [], []
+    restored.finish(tmp_path, lambda tag, text: texts.append(text), lines.append)
+    saved = json.loads((tmp_path / "fmn_confusion.json").read_text())
+    assert saved["frames"] == {"Pong": {"0": 90, "1": 10}, "Breakout": {"1": 100}}
+    assert 0 < saved["adjusted_rand_index"] < 1 and restored.eval_task("Pong") == 0
+    assert "adjusted Rand index" in texts[0] and "| Pong | 90 | 10 |" in lines[0]
+    old_state = {"votes": ids.state_dict()["votes"]}  # a checkpoint from before the driver kept the counts
+    restored.load_state_dict(old_state)
+    assert restored.confusion == {}
