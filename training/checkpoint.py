@@ -12,7 +12,7 @@ Layout: `make_state` writes it and the accessors below read it (`policy`, `task_
     epsilon        the per-task epsilon timers
     task_ids       the task-id source's state (`training.task_ids`)
     current_task   the task being trained
-    learner        `LearnerService.state_dict()`: {"learner": Learner state, "confusion", ...}
+    learner        `LearnerService.state_dict()`: {"learner": Learner state, "updates_per_task", "fmn", ...}
     consolidation  `ConsolidationService.state_dict()`: {"terms": {task: (fisher, anchors)}, ...}
     replay         the manifest of the replay files beside it (`training.replay_files`), or None
 """
