@@ -202,6 +202,7 @@ class Trainer:
         if added.task != self.progress.task:  # only task inference reports another id: the frames say the game changed
             self.say(f"forget-me-not: task {self.progress.task} -> {added.task} (true game {self.progress.visit.game})")
             self.writer.scalar("fmn/switches", 1, self.progress.counters.frames)
+            self.feeder.send_owed_updates()  # before the finished task's Fisher is asked for
             self._switch_task(added.task)
         self.progress.stored(added, steps)
 

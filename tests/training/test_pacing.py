@@ -1,6 +1,8 @@
 """The replay ratio and the run's bookkeeping, without Ray: `training.pacing` and `training.progress`."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from agents.dqn.actor import CollectResult
@@ -85,3 +87,23 @@ def test_progress_round_trips_through_a_checkpoint(progress):
     resumed.load_state_dict(state, learner_updates=70)
     assert resumed.counters.frames == progress.counters.frames and resumed.counters.resumes == 1
     assert resumed.visit.index == 1 and resumed.task == 1 and resumed.pacing.updates_done == 70
+
+
+def test_owed_updates_go_to_the_finished_task_before_a_switch_forget_me_not_reports():
+    from training.feeding import MAX_TRAIN_CALLS_IN_FLIGHT, UPDATES_PER_SLICE, Feeder
+
+    calls = []
+    learner = SimpleNamespace(train=SimpleNamespace(remote=lambda task, n: calls.append((task, n)) or object()))
+    pacing = Pacing(update_period=1, max_lead=1000)
+    progress = SimpleNamespace(pacing=pacing, task=0)
+    feeder = Feeder(SimpleNamespace(env=[], learner=learner), progress, writer=None,
+                    on_collect=None, on_add=None, on_train=None)
+    pacing.collect_started(100)
+    pacing.collect_stored(100, task=0, transitions=100, ready=True)
+    feeder.launch(collect=False)  # a few slices in flight; the rest stays owed
+    assert calls == [(0, UPDATES_PER_SLICE)] * MAX_TRAIN_CALLS_IN_FLIGHT and pacing.owed_updates() > 0
+    feeder.send_owed_updates()  # the frames say the game changed: task 0 gets everything its steps earned
+    assert sum(n for _, n in calls) == 100 and {task for task, _ in calls} == {0} and pacing.owed_updates() == 0
+    progress.task = 1  # a fresh task: nothing is asked of its buffer until its own steps earn updates
+    feeder.launch(collect=False)
+    assert {task for task, _ in calls} == {0}
