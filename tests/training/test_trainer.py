@@ -193,15 +193,15 @@ SHIPPED_CONFIGS = ["atari_laptop", "atari_laptop_no_ewc", "minatar", "minatar_fm
 def shipped_config_at_small_sizes(name: str) -> list[str]:
     """--set overrides that keep a shipped config's ratios (learning_starts : replay_capacity,
     ewc_min_frames : frames_per_visit) but make it a short run over two of its games: each visit
-    fills its buffer past learning_starts and then trains for 25 agent steps."""
+    fills its buffer past learning_starts and then trains for 100 agent steps."""
     data = load_yaml(ROOT / "configs" / f"{name}.yaml")  # with what it extends
     agent = data["agent"]
-    learning_starts = max(agent["learning_starts"] // 200, agent["batch_size"])
-    visit = (learning_starts + 25) * data["env"]["frame_skip"]
+    learning_starts = agent["learning_starts"] // 100
+    visit = (learning_starts + 100) * data["env"]["frame_skip"]
     overrides = [
         f"run_name={name}", f"games=[{', '.join(data['games'][:2])}]", "schedule.repeats=1", "schedule.order=fixed",
         f"schedule.frames_per_visit={visit}",
-        f"agent.replay_capacity={agent['replay_capacity'] // 200}",
+        f"agent.replay_capacity={agent['replay_capacity'] // 100}",
         f"agent.learning_starts={learning_starts}",
         f"agent.ewc_min_frames={agent['ewc_min_frames'] * visit // data['schedule']['frames_per_visit']}",
         "agent.fisher_minibatches=2", "actors.learner_compile=false", "actors.learner_threads=1",
