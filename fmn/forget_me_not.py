@@ -319,9 +319,9 @@ class ForgetMeNot:
         tasks = self._tasks
         priors = tasks.priors[observations]  # (window, pixels): the prior count of each observed level
         prior_mass = tasks.prior_mass
-        # per observation and (channel, level): how many of the channel's cells take the level
-        group_keys = tasks.group_of_pixel * self.levels + (observations - self._pixel_offsets)  # (window, pixels)
-        group_hists = np.stack([np.bincount(keys, minlength=tasks.groups * self.levels) for keys in group_keys])
+        if tasks.backoff:  # per observation and (channel, level): how many of the channel's cells take the level
+            group_keys = tasks.group_of_pixel * self.levels + (observations - self._pixel_offsets)  # (window, pixels)
+            group_hists = np.stack([np.bincount(keys, minlength=tasks.groups * self.levels) for keys in group_keys])
         in_suffix = np.zeros((window, window), dtype=bool)
         log_likelihoods = np.zeros((window, window))  # [j, i]: observation i under the task started at j
         for i in range(window):
@@ -331,7 +331,8 @@ class ForgetMeNot:
                 pseudo = priors[i]
                 if j < i:
                     matches += observations[j] == observations[i]
-                    hist += group_hists[j]
+                    if tasks.backoff:
+                        hist += group_hists[j]
                 if tasks.backoff:
                     base = hist[group_keys[i]] / ((i - j) * tasks.group_size) if j < i else 1.0 / self.levels
                     pseudo = pseudo + tasks.backoff * base

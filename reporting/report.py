@@ -108,7 +108,7 @@ def run_summary(run: RunLog, matrix: EvaluationMatrix | None, metrics: dict[str,
         "rounds": [{"kind": r.kind, "frames": r.frames, "visit_index": r.visit_index, "score": r.scores,
                     "normalized": r.normalized, "capped_sum": r.capped_sum} for r in run.rounds],
         "skipped_lines": run.skipped_lines,
-        "fmn_confusion": run.task_inference,  # task_inference: fmn: frames per (game, inferred id), agreement
+        "fmn_confusion": run.fmn_confusion,  # task_inference: fmn: frames per (game, inferred id), agreement
     }
 
 
@@ -296,8 +296,8 @@ def render_html(runs: Sequence[RunLog], summaries: Sequence[dict[str, Any]], ana
             parts.append("<h3>Evaluation matrix</h3><p>Raw score (normalised in brackets); "
                          "the game trained in that visit is highlighted.</p>" + _matrix_table(matrix))
             parts.append(_image(own["matrix"], f"evaluation matrix of {run.name}"))
-        if run.task_inference is not None:
-            parts.append(_task_inference_table(run.task_inference))
+        if run.fmn_confusion is not None:
+            parts.append(_task_inference_table(run.fmn_confusion))
         if "training" in own:
             parts.append("<h3>Training log</h3>" + _image(own["training"], f"training log of {run.name}"))
     parts.append("<h2>Definitions</h2>" + DEFINITIONS + "</body></html>")

@@ -63,7 +63,7 @@ class RunLog:
     rounds: list[EvalRound]
     training: TrainingLog | None
     skipped_lines: dict[str, int] = field(default_factory=dict)  # file name -> malformed lines skipped
-    task_inference: dict[str, Any] | None = None  # fmn_confusion.json: {"tasks", "frames", "adjusted_rand_index"}
+    fmn_confusion: dict[str, Any] | None = None  # fmn_confusion.json: {"tasks", "frames", "adjusted_rand_index"}
 
 
 def _json_lines(path: Path, skipped: dict[str, int]) -> Iterator[dict[str, Any]]:
@@ -167,11 +167,11 @@ def load_run(run_dir: str | Path) -> RunLog:
         rounds=rounds,  # file order = the order they were taken (plots sort by frames)
         training=training,
         skipped_lines=skipped,
-        task_inference=read_task_inference(run_dir / FMN_CONFUSION_FILE),
+        fmn_confusion=read_fmn_confusion(run_dir / FMN_CONFUSION_FILE),
     )
 
 
-def read_task_inference(path: Path) -> dict[str, Any] | None:
+def read_fmn_confusion(path: Path) -> dict[str, Any] | None:
     """fmn_confusion.json, written at the end of a run with task_inference: fmn; None without one (or unreadable)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

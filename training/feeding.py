@@ -56,16 +56,19 @@ class Feeder:
     def launch(self, *, collect: bool) -> None:
         if collect:
             self._launch_collects()
-        pacing, trains = self.progress.pacing, self.trains
-        while len(trains) < MAX_TRAIN_CALLS_IN_FLIGHT and (n := pacing.next_slice(UPDATES_PER_SLICE)):
-            trains.append(self.actors.learner.train.remote(self.progress.task, n))
+        self._send_updates(max_in_flight=MAX_TRAIN_CALLS_IN_FLIGHT)
 
     def send_owed_updates(self) -> None:
         """Send every update owed so far for the task being trained, whatever is in flight: before a switch that
         forget-me-not reports mid-visit, so the finished task gets them all (its buffer was ready when its steps
         earned them) and none is asked of the next task, whose buffer may not be ready yet."""
-        while n := self.progress.pacing.next_slice(UPDATES_PER_SLICE):
-            self.trains.append(self.actors.learner.train.remote(self.progress.task, n))
+        self._send_updates(max_in_flight=None)
+
+    def _send_updates(self, max_in_flight: int | None) -> None:
+        """Slices of the owed updates for the task being trained, until none is owed or `max_in_flight` are out."""
+        pacing, trains = self.progress.pacing, self.trains
+        while (max_in_flight is None or len(trains) < max_in_flight) and (n := pacing.next_slice(UPDATES_PER_SLICE)):
+            trains.append(self.actors.learner.train.remote(self.progress.task, n))
 
     def _launch_collects(self) -> None:
         """Give idle actors a chunk to play, unless they would run ahead of the learner's replay ratio."""

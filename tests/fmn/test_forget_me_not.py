@@ -13,6 +13,7 @@ from common.errors import UsageError
 from envs.games import random_policy_frames
 from fmn import ForgetMeNot
 from fmn.segmentation import adjusted_rand_index, detection_delays, majority_ids
+from perf.fmn_accuracy import streams
 from tests.conftest import ROOT
 from training.config import load_config
 
@@ -69,7 +70,7 @@ def test_a_stream_of_games_is_segmented_into_the_games(stream, stream_labels):
 
 def test_every_switch_is_detected_within_two_windows(stream, stream_labels):
     _, truth = stream
-    id_of = {game: majority_id(stream_labels[truth == game]) for game in GAMES}
+    id_of = majority_ids(truth, stream_labels)
     for switch in range(VISIT_FRAMES, len(truth), VISIT_FRAMES):
         new_game = truth[switch]
         hits = np.flatnonzero(stream_labels[switch : switch + VISIT_FRAMES] == id_of[new_game])
@@ -199,13 +200,11 @@ def test_minatar_games_are_told_apart_from_their_binary_channels():
     observations (a sparse grid is weaker evidence per frame than an Atari screen)."""
     games = ("MinAtar/SpaceInvaders", "MinAtar/Breakout", "MinAtar/Asterix")
     visit = 3000
-    pools = {game: random_policy_frames(game, 2 * visit, seed=10 + i) for i, game in enumerate(games)}
-    frames = np.concatenate([pools[g][r * visit:(r + 1) * visit] for r in range(2) for g in games])
-    truth = np.array([g for _ in range(2) for g in games for _ in range(visit)])
+    ((_, _, frames, truth),) = streams(list(games), [visit], rounds=2, seed=10)  # the games in this order, twice
     fmn = ForgetMeNot(window=16, observe_every=4, downscale=1, levels=2, prior=0.001, frame_shape=(10, 10, 10))
     labels = np.array(fmn.observe_batch(frames))
     assert adjusted_rand_index(truth, labels) >= 0.7  # measured 0.82 (a few extra scene tasks)
-    id_of = {game: majority_id(labels[truth == game]) for game in games}
+    id_of = majority_ids(truth, labels)
     assert len(set(id_of.values())) == 3
     for switch in range(visit, len(truth), visit):  # every switch found within ~4 windows of 64 frames
         assert (labels[switch:switch + 300] == id_of[truth[switch]]).any()
@@ -221,10 +220,7 @@ def test_all_five_minatar_games_get_their_own_ids_with_the_minatar_config():
     (background_prior) and a known task expects cells where its channels light (channel_backoff), so the sparse
     games (Asterix, Seaquest, Freeway) no longer share the first one's id."""
     options = load_config(ROOT / "configs" / "minatar.yaml").fmn
-    visit = 1500
-    pools = {game: random_policy_frames(game, 2 * visit, seed=30 + i) for i, game in enumerate(MINATAR_FIVE)}
-    frames = np.concatenate([pools[g][r * visit:(r + 1) * visit] for r in range(2) for g in MINATAR_FIVE])
-    truth = np.array([g for _ in range(2) for g in MINATAR_FIVE for _ in range(visit)])
+    ((_, _, frames, truth),) = streams(list(MINATAR_FIVE), [1500], rounds=2, seed=30)  # in this order, twice
     fmn = ForgetMeNot.from_config(options, frame_shape=(10, 10, 10))
     half = len(frames) // 2
     labels = fmn.observe_batch(frames[:half])
