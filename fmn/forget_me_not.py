@@ -83,6 +83,7 @@ class FMNConfig:
     channel_backoff: float = 0.0
     count_cap: float = 1000.0
     outlier_prob: float = 0.1
+    channel_presence: bool = False
 
 
 class ForgetMeNot:
@@ -112,7 +113,11 @@ class ForgetMeNot:
         of the pixel's channel's cells at that level in the task's observations, 0 by default. A
         sprite in a new place then costs little if its channel lights elsewhere in this game, and
         much if the game never lights that channel: which channels light is a game's signature
-        (MinAtar: 30.0; an (H, W) frame is one channel).
+        (MinAtar: 300.0; an (H, W) frame is one channel). Large values also keep a game whose lanes
+        change channel between episodes (MinAtar Freeway re-draws its cars' speeds) one task.
+    channel_presence: False by default. True adds one channel to every (C, H, W) frame whose cell c is
+        the highest level channel c reaches anywhere: which channels light together, a sparse game's
+        signature wherever its sprites are (MinAtar: true; needs C <= the blocks of a channel).
     count_cap: when a task's per-pixel total count (its number of observations, up to
         halvings) reaches this, its counts are halved (1000). Without a cap the cost of a
         never-seen level grows as log(total) without bound, so a long-lived task becomes ever
@@ -144,6 +149,7 @@ class ForgetMeNot:
         channel_backoff: float = FMNConfig.channel_backoff,
         count_cap: float | None = FMNConfig.count_cap,
         outlier_prob: float = FMNConfig.outlier_prob,
+        channel_presence: bool = FMNConfig.channel_presence,
         frame_shape: tuple[int, ...] = FRAME_SHAPE,
     ):
         if not (_is_integer(window) and window >= 1):
@@ -168,6 +174,11 @@ class ForgetMeNot:
             raise UsageError(f"count_cap must be None or a number >= 2 * window ({2 * window}), got {count_cap!r}")
         if not (_is_number(outlier_prob) and 0 < outlier_prob < 1):
             raise UsageError(f"outlier_prob must be in (0, 1), got {outlier_prob!r}")
+        if not isinstance(channel_presence, bool):
+            raise UsageError(f"channel_presence must be true or false, got {channel_presence!r}")
+        blocks = (height // downscale) * (width // downscale)
+        if channel_presence and (len(frame_shape) != 3 or frame_shape[0] > blocks):
+            raise UsageError(f"channel_presence needs (C, H, W) frames with C <= H * W / downscale^2, got {frame_shape}")
 
         self.window = int(window)
         self.observe_every = int(observe_every)
@@ -178,16 +189,19 @@ class ForgetMeNot:
         self.channel_backoff = float(channel_backoff)
         self.count_cap = None if count_cap is None else float(count_cap)
         self.outlier_prob = float(outlier_prob)
+        self.channel_presence = channel_presence
         self.frame_shape = frame_shape
 
         self._block_shape = (*frame_shape[:-2], height // self.downscale, width // self.downscale)
+        if channel_presence:  # one more channel: its cell c says whether channel c lights anywhere
+            self._block_shape = (frame_shape[0] + 1, *self._block_shape[1:])
         self.num_pixels = int(np.prod(self._block_shape))
         self.uniform_log_likelihood = -self.num_pixels * math.log(self.levels)
         # Flat index of (pixel, level) is pixel * levels + level: one gather scores a frame.
         self._pixel_offsets = np.arange(self.num_pixels, dtype=np.intp) * self.levels
         level_priors = np.full(self.levels, self.prior)
         level_priors[0] += self.background_prior
-        channels = frame_shape[0] if len(frame_shape) == 3 else 1
+        channels = self._block_shape[0] if len(frame_shape) == 3 else 1
         self._tasks = TaskCounts(self.num_pixels, level_priors, self.count_cap, channels, self.channel_backoff)
         self._pending: list[np.ndarray] = []  # flat indices of the current window's observations
         self._frames_seen = 0
@@ -266,7 +280,8 @@ class ForgetMeNot:
             )
         counts, pending = _checked_arrays(state, self.num_pixels, self.levels, self.window)
         num_tasks = counts.shape[0]
-        self._tasks.install(counts.reshape(num_tasks, -1).copy(), np.array(state["totals"], dtype=np.float64))
+        flat = counts.reshape(num_tasks, self.num_pixels * self.levels)  # also with no task yet
+        self._tasks.install(flat.copy(), np.array(state["totals"], dtype=np.float64))
         self._pending = [row + self._pixel_offsets for row in pending]
         self._frames_seen = int(state["frames_seen"])
         self._observations_seen = int(state["observations_seen"])
@@ -290,13 +305,18 @@ class ForgetMeNot:
 
     def _flat_indices(self, frames: np.ndarray) -> np.ndarray:
         """(N, *frame_shape) uint8 -> (N, pixels) flat (pixel, level) indices into the count table."""
-        d = self.downscale
-        block_sums = np.zeros((frames.shape[0], *self._block_shape), dtype=np.int32)
+        d, count = self.downscale, frames.shape[0]
+        block_sums = np.zeros((count, *frames.shape[1:-2], *self._block_shape[-2:]), dtype=np.int32)
         for row in range(d):  # strided adds: ~5x faster than reshape + sum on frames this small
             for col in range(d):
                 block_sums += frames[..., row::d, col::d]
         levels = block_sums * self.levels // (256 * d * d)
-        return levels.reshape(frames.shape[0], -1) + self._pixel_offsets
+        if self.channel_presence:  # which channels light together, wherever they light
+            levels = levels.reshape(count, levels.shape[1], -1)
+            presence = np.zeros((count, 1, levels.shape[-1]), dtype=levels.dtype)
+            presence[:, 0, : levels.shape[1]] = levels.max(axis=-1)
+            levels = np.concatenate([levels, presence], axis=1)
+        return levels.reshape(count, -1) + self._pixel_offsets
 
     # ------------------------------------------------------------------ scoring
 
@@ -334,7 +354,8 @@ class ForgetMeNot:
                     if tasks.backoff:
                         hist += group_hists[j]
                 if tasks.backoff:
-                    base = hist[group_keys[i]] / ((i - j) * tasks.group_size) if j < i else 1.0 / self.levels
+                    base = (hist[group_keys[i]] / ((i - j) * tasks.group_size) if j < i
+                            else tasks.initial_share[observations[i] - self._pixel_offsets])
                     pseudo = pseudo + tasks.backoff * base
                 normaliser = self.num_pixels * math.log(i - j + prior_mass)
                 log_likelihoods[j, i] = np.log(matches + pseudo).sum() - normaliser
@@ -402,6 +423,9 @@ class TaskCounts:
         self.groups, self.group_size, self.backoff = groups, num_pixels // groups, backoff
         self.group_of_pixel = np.arange(num_pixels) // self.group_size
         self.prior_mass = float(level_priors.sum()) + backoff  # the same for every pixel
+        # A channel's level shares before it is observed: the priors' (mostly empty cells where background_prior is
+        # set), so a new task pays for a sparse frame's few lit cells, not log(levels) for each of its empty ones.
+        self.initial_share = level_priors / level_priors.sum()
         self._pixel_weights = np.ones(num_pixels)  # sums gathered log-probs with one matmul
         self.install(np.zeros((0, num_pixels * self.levels)), np.zeros(0))
 
@@ -446,13 +470,13 @@ class TaskCounts:
 
     def _pseudo_counts(self, counts: np.ndarray, totals: np.ndarray | float) -> np.ndarray:
         """Each (pixel, level)'s prior count: the level's prior, plus `backoff` x the share of the pixel's channel's
-        cells at that level in the task's observations (uniform before any)."""
+        cells at that level in the task's observations (the level priors' proportions before any)."""
         if not self.backoff:
             return self.priors
         totals = np.asarray(totals, dtype=np.float64)
         by_group = counts.reshape(*counts.shape[:-1], self.groups, self.group_size, self.levels).sum(-2)
         seen = np.maximum(totals, 1.0)[..., None, None] * self.group_size
-        base = np.where(totals[..., None, None] > 0, by_group / seen, 1.0 / self.levels)
+        base = np.where(totals[..., None, None] > 0, by_group / seen, self.initial_share)
         spread = np.broadcast_to(base[..., None, :], (*base.shape[:-1], self.group_size, self.levels))
         return self.priors + self.backoff * spread.reshape(counts.shape)
 
@@ -464,9 +488,9 @@ class TaskCounts:
 
 
 # Options added after states were first saved, with the values those states were made with.
-_OPTION_DEFAULTS = {"background_prior": 0.0, "channel_backoff": 0.0}
+_OPTION_DEFAULTS = {"background_prior": 0.0, "channel_backoff": 0.0, "channel_presence": False}
 _CONFIG_NAMES = ("window", "observe_every", "downscale", "levels", "prior", "background_prior", "channel_backoff",
-                 "count_cap", "outlier_prob", "frame_shape")
+                 "count_cap", "outlier_prob", "channel_presence", "frame_shape")
 
 
 def _checked_arrays(state: dict[str, Any], num_pixels: int, levels: int, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.errors import UsageError
 from agents.dqn.learning import synthetic_anchors
+from common.errors import UsageError
 from perf.measure import rate, steady_rate
 from training.config import RunConfig, config_from_dict, load_yaml
 from training.hooks import TrainerHook

@@ -109,6 +109,12 @@ class EnvRunner:
         self._envs = []
         self.game = None
 
+    def newest_frames(self) -> np.ndarray:
+        """Each environment's latest frame, the one the next action sees: (num_envs, *frame_shape)."""
+        if self._states is None:
+            raise RuntimeError("EnvRunner.newest_frames before set_game")
+        return self._states[:, -1].copy()
+
     def _new_stack(self) -> FrameStack:
         return FrameStack(self.net.config.frame_stack, self.net.config.frame_shape)
 
