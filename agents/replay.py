@@ -303,6 +303,52 @@ def saved_slot_count(saved: Mapping[str, np.ndarray]) -> int:
     return len(saved["frames"]) if "frames" in saved else len(saved["frame_ends"])
 
 
+def _check_chunk(chunk: TransitionChunk, frame_shape: tuple[int, ...], source: Hashable, open_sources) -> None:
+    """A chunk's arrays agree in length and shape and its episode marks are consistent (`open_sources`: the
+    sources whose episode the buffer holds open)."""
+    size = len(chunk)
+    if size == 0:
+        raise UsageError("empty TransitionChunk")
+    if chunk.frames.dtype != np.uint8 or chunk.frames.shape != (size, *frame_shape):
+        raise UsageError(
+            f"chunk frames must be uint8 shaped ({size}, {', '.join(map(str, frame_shape))}), "
+            f"got {chunk.frames.dtype} {chunk.frames.shape}"
+        )
+    for name in ("episode_starts", "actions", "rewards", "terminals", "episode_ends"):
+        if getattr(chunk, name).shape != (size,):
+            raise UsageError(f"chunk.{name} must have shape ({size},), got {getattr(chunk, name).shape}")
+    starts, ends = chunk.episode_starts.astype(bool), chunk.episode_ends.astype(bool)
+    if not starts[0] and source not in open_sources:
+        raise UsageError(f"chunk from source {source!r} continues an episode the buffer has not seen open")
+    if np.any(starts & ends):
+        raise UsageError("a chunk slot cannot both start and end an episode (an episode needs a transition)")
+    if np.any(ends[:-1] & ~starts[1:]):
+        raise UsageError("after an episode_end the next chunk slot must be an episode start")
+    _check_actions(chunk.actions[~starts])
+    _check_rewards(chunk.rewards[~starts])
+
+
+def _read_state(state: Mapping[str, Any], layout: tuple, rng_state: dict) -> tuple[int, dict, dict, list]:
+    """A FrameReplay state's (num_writes, open episodes, sampling stream, checked pieces), for a buffer of
+    `layout` (capacity, frame_shape, stack) whose sampling stream is `rng_state`. A header without layout or
+    sampling stream (a run's replay files alone) keeps the buffer's."""
+    try:
+        header, pieces = state["header"], list(state["pieces"])
+        saved = (int(header.get("capacity", layout[0])), tuple(header.get("frame_shape", layout[1])),
+                 int(header.get("stack", layout[2])))
+        num_writes = int(header["num_writes"])
+        open_episodes = dict(header.get("open_episodes", {}))
+        rng_state = header.get("rng", rng_state)
+        pieces = [(int(first), _saved_piece(arrays)) for first, arrays in pieces]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
+    for _, arrays in pieces:
+        _check_saved_piece(arrays, layout[1])
+    if saved != layout:
+        raise UsageError(f"replay state has (capacity, frame_shape, stack) {saved}, this buffer has {layout}")
+    return num_writes, open_episodes, rng_state, pieces
+
+
 def _saved_piece(saved: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A saved piece's arrays (KeyError if one is missing): SLOT_ARRAYS and its frames in either kind."""
     frames = ("frames",) if "frames" in saved else ("frame_blobs", "frame_ends")
@@ -467,7 +513,7 @@ class FrameReplay:
 
     def add_chunk(self, chunk: TransitionChunk, source: Hashable = 0) -> None:
         """Store a chunk from `source` with one vectorised write."""
-        self._check_chunk(chunk, source)
+        _check_chunk(chunk, self.frame_shape, source, self._open_episodes)
         size = len(chunk)
         first_write = self._num_writes
         previous = np.arange(first_write - 1, first_write + size - 1, dtype=np.int64)  # the slot before, same chunk
@@ -508,28 +554,6 @@ class FrameReplay:
         """Make each held predecessor in `previous` point forward to its write in `writes`."""
         held = previous >= max(0, self._num_writes - self.capacity)  # not an episode start, not overwritten
         self._following[previous[held] % self.capacity] = writes[held]
-
-    def _check_chunk(self, chunk: TransitionChunk, source: Hashable) -> None:
-        size = len(chunk)
-        if size == 0:
-            raise UsageError("empty TransitionChunk")
-        if chunk.frames.dtype != np.uint8 or chunk.frames.shape != (size, *self.frame_shape):
-            raise UsageError(
-                f"chunk frames must be uint8 shaped ({size}, {', '.join(map(str, self.frame_shape))}), "
-                f"got {chunk.frames.dtype} {chunk.frames.shape}"
-            )
-        for name in ("episode_starts", "actions", "rewards", "terminals", "episode_ends"):
-            if getattr(chunk, name).shape != (size,):
-                raise UsageError(f"chunk.{name} must have shape ({size},), got {getattr(chunk, name).shape}")
-        starts, ends = chunk.episode_starts.astype(bool), chunk.episode_ends.astype(bool)
-        if not starts[0] and source not in self._open_episodes:
-            raise UsageError(f"chunk from source {source!r} continues an episode the buffer has not seen open")
-        if np.any(starts & ends):
-            raise UsageError("a chunk slot cannot both start and end an episode (an episode needs a transition)")
-        if np.any(ends[:-1] & ~starts[1:]):
-            raise UsageError("after an episode_end the next chunk slot must be an episode start")
-        _check_actions(chunk.actions[~starts])
-        _check_rewards(chunk.rewards[~starts])
 
     # ---- sampling ------------------------------------------------------------------------
 
@@ -638,21 +662,8 @@ class FrameReplay:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Refill from a header and pieces ((first write, slots) pairs) that cover every write it held."""
-        mine = (self.capacity, self.frame_shape, self.stack)
-        try:  # a header without layout or sampling stream (a run's replay files alone) keeps the buffer's
-            header, pieces = state["header"], list(state["pieces"])
-            layout = (int(header.get("capacity", mine[0])), tuple(header.get("frame_shape", mine[1])),
-                      int(header.get("stack", mine[2])))
-            num_writes = int(header["num_writes"])
-            open_episodes = dict(header.get("open_episodes", {}))
-            rng_state = header.get("rng", self._rng.bit_generator.state)
-            pieces = [(int(first), _saved_piece(arrays)) for first, arrays in pieces]
-        except (KeyError, TypeError, ValueError) as err:
-            raise UsageError(f"not a FrameReplay state: missing or bad entry {err}") from None
-        for _, arrays in pieces:
-            _check_saved_piece(arrays, self.frame_shape)
-        if layout != mine:
-            raise UsageError(f"replay state has (capacity, frame_shape, stack) {layout}, this buffer has {mine}")
+        num_writes, open_episodes, rng_state, pieces = _read_state(
+            state, (self.capacity, self.frame_shape, self.stack), self._rng.bit_generator.state)
         first, stop = max(0, num_writes - self.capacity), num_writes
         covered = np.zeros(stop - first, dtype=bool)
         self._previous[:] = NEVER_WRITTEN

@@ -72,24 +72,7 @@ _QUANTISE_CHUNK = 64  # observations quantised at once by observe_batch
 
 @dataclass(frozen=True)
 class FMNConfig:
-    """ForgetMeNot's options (see the class docstring); `count_cap: 0` disables the cap."""
-
-    window: int = 4
-    observe_every: int = 4
-    downscale: int = 2
-    levels: int = 32
-    prior: float = 1 / 32
-    background_prior: float = 0.0
-    channel_backoff: float = 0.0
-    count_cap: float = 1000.0
-    outlier_prob: float = 0.1
-    channel_presence: bool = False
-
-
-class ForgetMeNot:
-    """Online task inference: `observe(frame)` returns the current task id (0, 1, 2, ... in order of discovery).
-
-    Constructor options (the paper's values where it gives them):
+    """ForgetMeNot's options, each with its default (the paper's value where it gives one).
 
     window: observations per decision window (4, the paper's). Task switches are decided at
         a window's end, so a switch is reported within about two windows, i.e.
@@ -124,13 +107,32 @@ class ForgetMeNot:
         less tolerant of small novelties (a sprite somewhere new) and in the end spawns junk
         tasks (not seen within 16,000-frame single-game runs; training runs are far longer).
         The cap bounds that cost at log((count_cap + levels * prior) / prior) nats per pixel
-        (10.4 with the defaults) and lets a task follow slow drift. None disables it.
+        (10.4 with the defaults) and lets a task follow slow drift. None (0 in a run config)
+        disables it.
     outlier_prob: probability that an observation is an outlier of its task, explained by
         the uniform model instead (0.1; not in the paper, see the module docstring). It only
         breaks near-ties, as likelihood margins are thousands of nats: one odd observation
         at a window's end is as likely under a brand-new task as under the uniform outlier
         model, and it stays an outlier as long as outlier_prob exceeds the switch
         probability 1/t, i.e. after the first 10 observations with 0.1.
+    """
+
+    window: int = 4
+    observe_every: int = 4
+    downscale: int = 2
+    levels: int = 32
+    prior: float = 1 / 32
+    background_prior: float = 0.0
+    channel_backoff: float = 0.0
+    count_cap: float = 1000.0
+    outlier_prob: float = 0.1
+    channel_presence: bool = False
+
+
+class ForgetMeNot:
+    """Online task inference: `observe(frame)` returns the current task id (0, 1, 2, ... in order of discovery).
+
+    Options: `FMNConfig` (the constructor takes the same names).
 
     State: `state_dict()` holds only numpy arrays and python scalars, so it can be pickled
     and saved with torch.save (torch.load then needs weights_only=False, as for any numpy

@@ -55,6 +55,7 @@ from typing import Any
 
 from common.errors import UsageError
 from training.cluster import init_ray, set_ray_environment
+from training.config import RunConfig
 
 SECTIONS = ("train", "learner", "ewc", "replay", "fisher", "eval", "actors", "minatar", "time_to_score", "gpu")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # gpu: with --gpu-quick, or named
@@ -331,21 +332,7 @@ class Bench:
         return out
 
     def section_eval(self) -> dict[str, Any]:
-        from perf.measure import eval_round_seconds
-        from perf.minatar import minatar_run_config
-
-        minatar = minatar_run_config(game=EVAL_MINATAR_GAME)
-        cap = {"minatar": 400, "atari": 400} if self.args.tiny else {"minatar": minatar.eval.max_episode_frames,
-                                                                    "atari": EVAL_ATARI_MAX_FRAMES}
-        out: dict[str, Any] = {}
-        for family, game, network, settings in (
-                ("minatar", EVAL_MINATAR_GAME, minatar.agent.network, minatar.env),
-                ("atari", self.game, self.agent.network, self.run_config.env)):
-            self.say(f"eval: one round of {game}, one episode at a time and all at once")
-            figures = eval_round_seconds(network, settings, game, max_episode_frames=cap[family])
-            out.update({f"{family}_{key}": value for key, value in figures.items()})
-            out[f"{family}_game"] = game
-        return out
+        return eval_round_figures(self.run_config, tiny=self.args.tiny, say=self.say)
 
     def section_gpu(self) -> dict[str, Any]:
         """Update times by batch size and optimizer step, plus the training sections' headline figures."""
@@ -384,19 +371,7 @@ class Bench:
             breakdown = learner_breakdown(self.agent, threads=self.threads, seconds=self.micro_s,
                                           replay_capacity=5_000 if self.args.tiny else 20_000,
                                           compile_step=self.compile_step, device=self.device)
-            self.report["learner"] = {
-                "ours_updates_per_s": ours["updates_per_s"],
-                "bare_updates_per_s": bare,
-                "ratio": ours["updates_per_s"] / bare,
-                "bare_updates_per_s_before": bare_before,
-                "bare_updates_per_s_after": bare_after,
-                "learner_busy_fraction": ours["learner_busy_fraction"],
-                "learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
-                "learner_torch_threads": ours.get("learner_torch_threads"),
-                "bare_torch_threads": self.threads,
-                "ewc_tasks_anchored": 1,
-                **breakdown,
-            }
+            self.report["learner"] = learner_figures(ours, (bare_before, bare_after), self.threads, breakdown)
         if "train" in self.sections:
             train: dict[str, Any] = {
                 "ours_env_steps_per_s": ours["env_steps_per_s"],
@@ -410,27 +385,7 @@ class Bench:
             if self.args.skip_rllib:
                 train.update(rllib_env_steps_per_s=None, ratio=None, rllib_skipped=True)
             else:
-                rllib, *variants = [self.run_rllib(threads) for threads in self.rllib_threads]
-                if variants:
-                    train["rllib_variants"] = [
-                        {"torch_threads": v["torch_threads"], "env_steps_per_s": v["env_steps_per_s"],
-                         "updates_per_s": v["updates_per_s"], "ratio": ours["env_steps_per_s"] / v["env_steps_per_s"],
-                         "measured_s": v["measured_s"], "time_shares": v["time_shares"],
-                         "learner_update_ms": v["learner_update_ms"]}
-                        for v in variants
-                    ]
-                train.update(
-                    rllib_env_steps_per_s=rllib["env_steps_per_s"],
-                    rllib_updates_per_s=rllib["updates_per_s"],
-                    rllib_env_steps_per_update=rllib["env_steps_per_update"],
-                    rllib_measured_s=rllib["measured_s"],
-                    rllib_iterations=rllib["iterations"],
-                    rllib_build_s=rllib["build_s"],
-                    rllib_torch_threads=rllib["torch_threads"],
-                    rllib_time_shares=rllib["time_shares"],
-                    rllib_learner_update_ms=rllib["learner_update_ms"],
-                    ratio=ours["env_steps_per_s"] / rllib["env_steps_per_s"],
-                )
+                train.update(rllib_figures(ours, [self.run_rllib(threads) for threads in self.rllib_threads]))
             self.report["train"] = train
 
     def run_ours(self, config=None, hooks=()) -> dict[str, Any]:
@@ -554,6 +509,55 @@ class Bench:
             self.say("seed {}: ours {}, loop {}, rllib {}".format(seed, *(
                 "-" if not r or r[-1]["seconds"] is None else f"{r[-1]['seconds']:.0f} s" for r in runs.values())))
         return time_to_score_summary(runs, game=game, threshold=threshold, seeds=self.args.score_seeds, cap_s=cap)
+
+
+def eval_round_figures(atari: RunConfig, tiny: bool, say) -> dict[str, Any]:
+    """One evaluation round, one episode at a time and all at once, on EVAL_MINATAR_GAME and `atari`'s game."""
+    from perf.measure import eval_round_seconds
+    from perf.minatar import minatar_run_config
+
+    minatar = minatar_run_config(game=EVAL_MINATAR_GAME)
+    cap = {"minatar": 400, "atari": 400} if tiny else {"minatar": minatar.eval.max_episode_frames,
+                                                       "atari": EVAL_ATARI_MAX_FRAMES}
+    out: dict[str, Any] = {}
+    for family, config in (("minatar", minatar), ("atari", atari)):
+        game = config.games[0]
+        say(f"eval: one round of {game}, one episode at a time and all at once")
+        figures = eval_round_seconds(config.agent.network, config.env, game, max_episode_frames=cap[family])
+        out.update({f"{family}_{key}": value for key, value in figures.items()})
+        out[f"{family}_game"] = game
+    return out
+
+
+def learner_figures(ours: dict[str, Any], bare_before_after: tuple[float, float], threads: int,
+                    breakdown: dict[str, Any]) -> dict[str, Any]:
+    """The learner section: our learner's update rate against the bare update loop's, measured before and after."""
+    bare = sum(bare_before_after) / 2  # brackets the system run: drifting background load averages out
+    return {
+        "ours_updates_per_s": ours["updates_per_s"], "bare_updates_per_s": bare,
+        "ratio": ours["updates_per_s"] / bare,
+        "bare_updates_per_s_before": bare_before_after[0], "bare_updates_per_s_after": bare_before_after[1],
+        "learner_busy_fraction": ours["learner_busy_fraction"], "learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
+        "learner_torch_threads": ours.get("learner_torch_threads"), "bare_torch_threads": threads,
+        "ewc_tasks_anchored": 1, **breakdown,
+    }
+
+
+def rllib_figures(ours: dict[str, Any], rllib_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The train section's RLlib figures: the first run (the learner threads of ours) and any other thread counts."""
+    rllib, *variants = rllib_runs
+    figures: dict[str, Any] = {f"rllib_{key}": rllib[key] for key in (
+        "env_steps_per_s", "updates_per_s", "env_steps_per_update", "measured_s", "iterations", "build_s",
+        "torch_threads", "time_shares")}
+    figures.update(rllib_learner_update_ms=rllib["learner_update_ms"], ratio=ours["env_steps_per_s"] / rllib["env_steps_per_s"])
+    if variants:
+        figures["rllib_variants"] = [
+            {"torch_threads": v["torch_threads"], "env_steps_per_s": v["env_steps_per_s"],
+             "updates_per_s": v["updates_per_s"], "ratio": ours["env_steps_per_s"] / v["env_steps_per_s"],
+             "measured_s": v["measured_s"], "time_shares": v["time_shares"], "learner_update_ms": v["learner_update_ms"]}
+            for v in variants
+        ]
+    return figures
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool]:

@@ -60,3 +60,21 @@ def test_every_package_is_in_the_diagram():
 
 def test_run_py_imports_commands_only_by_name():
     assert imported_packages(ROOT / "run.py") <= {"common"}
+
+
+MAX_CLASS_LINES = 300  # a class past this is two classes
+MAX_TRAINER_LINES = 250  # training/loop.py is the loop that wires the trainer's parts, nothing more
+
+
+def class_sizes(path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+
+
+def test_no_class_outgrows_a_few_screens_and_the_trainer_stays_small():
+    assert dict(class_sizes(ROOT / "perf" / "command.py"))["Bench"] > 100  # it measures real classes
+    sources = [path for package in ALLOWED for path in (ROOT / package).rglob("*.py")] + [ROOT / "run.py"]
+    too_big = [f"{path.relative_to(ROOT)}: {name} has {lines} lines" for path in sources
+               for name, lines in class_sizes(path) if lines > MAX_CLASS_LINES]
+    assert not too_big, too_big
+    assert len((ROOT / "training" / "loop.py").read_text().splitlines()) <= MAX_TRAINER_LINES
