@@ -17,7 +17,8 @@ The model
   reshape the prior: `background_prior` adds to level 0's prior count (an empty cell is
   expected) and `channel_backoff` adds a share proportional to how often the pixel's channel
   takes level v in the task (a sprite may move anywhere its channel lights); both are 0 by
-  default, and the prior mass in the denominator grows by the same amounts.
+  default, and the prior mass in the denominator grows by the same amounts. A third,
+  `channel_presence`, adds one channel of pixels that say which channels light anywhere.
 * Only every `observe_every`-th frame is an *observation* (the paper updates the models every
   4 agent steps). The frames in between are labelled with the current task, not modelled.
 * Decisions are made once per *window* of `window` observations. At a window's end the
@@ -180,7 +181,8 @@ class ForgetMeNot:
             raise UsageError(f"channel_presence must be true or false, got {channel_presence!r}")
         blocks = (height // downscale) * (width // downscale)
         if channel_presence and (len(frame_shape) != 3 or frame_shape[0] > blocks):
-            raise UsageError(f"channel_presence needs (C, H, W) frames with C <= H * W / downscale^2, got {frame_shape}")
+            raise UsageError(f"channel_presence needs (C, H, W) frames with C <= H * W / downscale^2, "
+                             f"got {frame_shape}")
 
         self.window = int(window)
         self.observe_every = int(observe_every)

@@ -537,7 +537,8 @@ def learner_figures(ours: dict[str, Any], bare_before_after: tuple[float, float]
         "ours_updates_per_s": ours["updates_per_s"], "bare_updates_per_s": bare,
         "ratio": ours["updates_per_s"] / bare,
         "bare_updates_per_s_before": bare_before_after[0], "bare_updates_per_s_after": bare_before_after[1],
-        "learner_busy_fraction": ours["learner_busy_fraction"], "learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
+        "learner_busy_fraction": ours["learner_busy_fraction"],
+        "learner_cpu_per_busy_s": ours["learner_cpu_per_busy_s"],
         "learner_torch_threads": ours.get("learner_torch_threads"), "bare_torch_threads": threads,
         "ewc_tasks_anchored": 1, **breakdown,
     }
@@ -549,12 +550,14 @@ def rllib_figures(ours: dict[str, Any], rllib_runs: list[dict[str, Any]]) -> dic
     figures: dict[str, Any] = {f"rllib_{key}": rllib[key] for key in (
         "env_steps_per_s", "updates_per_s", "env_steps_per_update", "measured_s", "iterations", "build_s",
         "torch_threads", "time_shares")}
-    figures.update(rllib_learner_update_ms=rllib["learner_update_ms"], ratio=ours["env_steps_per_s"] / rllib["env_steps_per_s"])
+    figures.update(rllib_learner_update_ms=rllib["learner_update_ms"],
+                   ratio=ours["env_steps_per_s"] / rllib["env_steps_per_s"])
     if variants:
         figures["rllib_variants"] = [
             {"torch_threads": v["torch_threads"], "env_steps_per_s": v["env_steps_per_s"],
              "updates_per_s": v["updates_per_s"], "ratio": ours["env_steps_per_s"] / v["env_steps_per_s"],
-             "measured_s": v["measured_s"], "time_shares": v["time_shares"], "learner_update_ms": v["learner_update_ms"]}
+             "measured_s": v["measured_s"], "time_shares": v["time_shares"],
+             "learner_update_ms": v["learner_update_ms"]}
             for v in variants
         ]
     return figures

@@ -7,9 +7,10 @@ Plays every game with a random policy (or, with --checkpoint, a trained agent's 
 policy: an agent that plays well shows screens random play never reaches), builds streams that
 visit the games in several orders (two rounds each, a different visit length per stream; a revisit
 continues the game's play), feeds each stream to a fresh ForgetMeNot with the config's `fmn`
-options (`--set fmn.window=16` to try others) and prints, per stream and on average: the adjusted Rand index of the inferred ids
-against the games played, the tasks found, how many games got an id of their own, and the frames
-from each switch until the new game's id is reported (median and worst).
+options (`--set fmn.window=16` to try others) and prints, per stream and on average: the adjusted
+Rand index of the inferred ids against the games played, the tasks found, how many games got an id
+of their own, and the frames from each switch until the new game's id is reported (median and
+worst).
 """
 from __future__ import annotations
 
