@@ -116,6 +116,12 @@ class FMNConfig:
         at a window's end is as likely under a brand-new task as under the uniform outlier
         model, and it stays an outlier as long as outlier_prob exceeds the switch
         probability 1/t, i.e. after the first 10 observations with 0.1.
+    confirm_windows: a switch to a known task is made only once that task has won this many more
+        windows in a row (0 by default: at once); the windows in between update no model. A game
+        with a phase that another game's model explains better (SpaceInvaders' nearly empty screen
+        between waves, played well, against MinAtar Freeway's) otherwise alternates between the two
+        ids every window, and its own model never learns that phase (MinAtar: 1). A new task is
+        spawned at once; a returning game is reported confirm_windows windows later.
     """
 
     window: int = 4
@@ -128,6 +134,7 @@ class FMNConfig:
     count_cap: float = 1000.0
     outlier_prob: float = 0.1
     channel_presence: bool = False
+    confirm_windows: int = 0
 
 
 class ForgetMeNot:
@@ -153,6 +160,7 @@ class ForgetMeNot:
         count_cap: float | None = FMNConfig.count_cap,
         outlier_prob: float = FMNConfig.outlier_prob,
         channel_presence: bool = FMNConfig.channel_presence,
+        confirm_windows: int = FMNConfig.confirm_windows,
         frame_shape: tuple[int, ...] = FRAME_SHAPE,
     ):
         if not (_is_integer(window) and window >= 1):
@@ -177,6 +185,8 @@ class ForgetMeNot:
             raise UsageError(f"count_cap must be None or a number >= 2 * window ({2 * window}), got {count_cap!r}")
         if not (_is_number(outlier_prob) and 0 < outlier_prob < 1):
             raise UsageError(f"outlier_prob must be in (0, 1), got {outlier_prob!r}")
+        if not (_is_integer(confirm_windows) and confirm_windows >= 0):
+            raise UsageError(f"confirm_windows must be an integer >= 0, got {confirm_windows!r}")
         if not isinstance(channel_presence, bool):
             raise UsageError(f"channel_presence must be true or false, got {channel_presence!r}")
         blocks = (height // downscale) * (width // downscale)
@@ -194,6 +204,7 @@ class ForgetMeNot:
         self.count_cap = None if count_cap is None else float(count_cap)
         self.outlier_prob = float(outlier_prob)
         self.channel_presence = channel_presence
+        self.confirm_windows = int(confirm_windows)
         self.frame_shape = frame_shape
 
         self._block_shape = (*frame_shape[:-2], height // self.downscale, width // self.downscale)
@@ -210,6 +221,7 @@ class ForgetMeNot:
         self._pending: list[np.ndarray] = []  # flat indices of the current window's observations
         self._frames_seen = 0
         self._observations_seen = 0
+        self._return_streak = (-1, 0)  # (known task, windows in a row it has won) while a return waits to be confirmed
         self._current_task = -1  # no task before the first window ends
 
     # ------------------------------------------------------------------ public API
@@ -272,6 +284,7 @@ class ForgetMeNot:
             "frames_seen": self._frames_seen,
             "observations_seen": self._observations_seen,
             "current_task": self._current_task,
+            "return_streak": np.array(self._return_streak, dtype=np.int64),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,6 +303,8 @@ class ForgetMeNot:
         self._frames_seen = int(state["frames_seen"])
         self._observations_seen = int(state["observations_seen"])
         self._current_task = int(state["current_task"])
+        target, wins = state.get("return_streak", (-1, 0))  # absent in states saved before confirm_windows
+        self._return_streak = (int(target), int(wins))
 
     @classmethod
     def from_config(cls, config: FMNConfig, frame_shape: tuple[int, ...] = FRAME_SHAPE) -> ForgetMeNot:
@@ -400,8 +415,15 @@ class ForgetMeNot:
 
         position, target = np.unravel_index(np.argmax(switch_scores), switch_scores.shape)
         if switch_scores[position, target] <= stay_score:  # ties keep the current task
+            self._return_streak = (-1, 0)
             self._tasks.update(current, observations)
             return
+        if target < self.num_tasks and self.confirm_windows:  # a return: confirmed by later windows
+            streak, wins = self._return_streak
+            self._return_streak = (int(target), wins + 1 if streak == target else 1)
+            if self._return_streak[1] <= self.confirm_windows:
+                return
+        self._return_streak = (-1, 0)
         if target == self.num_tasks:
             target = self._tasks.spawn()
         self._tasks.update(current, observations[:position])
@@ -492,9 +514,9 @@ class TaskCounts:
 
 
 # Options added after states were first saved, with the values those states were made with.
-_OPTION_DEFAULTS = {"background_prior": 0.0, "channel_backoff": 0.0, "channel_presence": False}
+_OPTION_DEFAULTS = {"background_prior": 0.0, "channel_backoff": 0.0, "channel_presence": False, "confirm_windows": 0}
 _CONFIG_NAMES = ("window", "observe_every", "downscale", "levels", "prior", "background_prior", "channel_backoff",
-                 "count_cap", "outlier_prob", "channel_presence", "frame_shape")
+                 "count_cap", "outlier_prob", "channel_presence", "confirm_windows", "frame_shape")
 
 
 def _checked_arrays(state: dict[str, Any], num_pixels: int, levels: int, window: int) -> tuple[np.ndarray, np.ndarray]:

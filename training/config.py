@@ -139,7 +139,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "env.noop_max", "agent.learning_starts", "agent.ewc_lambda", "agent.ewc_min_frames",
-    "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames", "fmn.count_cap",
+    "epsilon.decay_steps", "actors.learner_threads", "eval.every_frames", "fmn.count_cap", "fmn.confirm_windows",
 }
 _BOUNDED = {"agent.n_step": (1, MAX_N_STEP)}  # key -> (lowest, highest) allowed
 _UNIT_INTERVAL = {

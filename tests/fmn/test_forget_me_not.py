@@ -227,9 +227,9 @@ def test_all_five_minatar_games_get_their_own_ids_with_the_minatar_config():
     labels = fmn.observe_batch(frames[:half])
     resumed = ForgetMeNot.from_state_dict(fmn.state_dict())  # the options survive a checkpoint
     labels = np.array(labels + resumed.observe_batch(frames[half:]))
-    assert adjusted_rand_index(truth, labels) >= 0.95  # measured 0.974 (seeds 30-35: mean 0.95, backoff 30 alone 0.72)
+    assert adjusted_rand_index(truth, labels) >= 0.95  # measured 0.963 (seeds 30-35: mean 0.93, backoff 30 alone 0.72)
     assert len(set(majority_ids(truth, labels).values())) == 5  # no two games share an id
-    assert np.median(detection_delays(truth, labels)) <= 200  # measured 92 frames
+    assert np.median(detection_delays(truth, labels)) <= 200  # measured 156 frames (a return waits one window)
 
 
 def test_channel_presence_adds_one_channel_of_which_channels_light():
@@ -258,3 +258,26 @@ def test_a_state_saved_before_the_background_options_still_loads():
         del state["config"][name]
     fmn.load_state_dict(state)
     assert ForgetMeNot.from_state_dict(state).state_dict()["config"] == fmn.state_dict()["config"]
+
+
+def test_confirm_windows_lets_a_return_through_only_when_it_lasts(game_frames):
+    """A burst of one game inside another (a phase another game's model explains better) flips the id at
+    once without confirmation; with confirm_windows=1 it flips nothing, and a real return is still found,
+    one window later."""
+    pong, breakout = game_frames["Pong"], game_frames["Breakout"]
+    burst = WINDOW_FRAMES  # one window's worth, straddling two
+    frames = np.concatenate([pong[:300], breakout[:300], pong[300:300 + burst], breakout[300:600], pong[300 + burst:]])
+    returns = 600 + burst + 300  # the last visit's first frame
+    delays = {}
+    for confirm in (0, 1):
+        fmn = ForgetMeNot(confirm_windows=confirm)
+        labels = np.array(fmn.observe_batch(frames))
+        pong_id, breakout_id = labels[299], labels[599]
+        assert pong_id != breakout_id and fmn.num_tasks == 2
+        flipped = (labels[600:returns] == pong_id).any()  # during the burst and Breakout's rest
+        assert flipped == (confirm == 0), confirm
+        delays[confirm] = int(np.argmax(labels[returns:] == pong_id))
+        assert ForgetMeNot.from_state_dict(fmn.state_dict()).confirm_windows == confirm
+    assert delays[0] <= 2 * WINDOW_FRAMES and delays[1] <= delays[0] + 2 * WINDOW_FRAMES
+    with pytest.raises(UsageError, match="confirm_windows must be an integer >= 0"):
+        ForgetMeNot(confirm_windows=-1)
