@@ -303,7 +303,8 @@ def saved_slot_count(saved: Mapping[str, np.ndarray]) -> int:
     return len(saved["frames"]) if "frames" in saved else len(saved["frame_ends"])
 
 
-def _check_chunk(chunk: TransitionChunk, frame_shape: tuple[int, ...], source: Hashable, open_sources) -> None:
+def _check_chunk(chunk: TransitionChunk, frame_shape: tuple[int, ...], source: Hashable,
+                 open_sources: Mapping[Hashable, Any]) -> None:
     """A chunk's arrays agree in length and shape and its episode marks are consistent (`open_sources`: the
     sources whose episode the buffer holds open)."""
     size = len(chunk)
