@@ -371,7 +371,7 @@ class Bench:
             breakdown = learner_breakdown(self.agent, threads=self.threads, seconds=self.micro_s,
                                           replay_capacity=5_000 if self.args.tiny else 20_000,
                                           compile_step=self.compile_step, device=self.device)
-            self.report["learner"] = learner_figures(ours, (bare_before, bare_after), self.threads, breakdown)
+            self.report["learner"] = learner_figures(ours, bare, (bare_before, bare_after), self.threads, breakdown)
         if "train" in self.sections:
             train: dict[str, Any] = {
                 "ours_env_steps_per_s": ours["env_steps_per_s"],
@@ -529,10 +529,10 @@ def eval_round_figures(atari: RunConfig, tiny: bool, say) -> dict[str, Any]:
     return out
 
 
-def learner_figures(ours: dict[str, Any], bare_before_after: tuple[float, float], threads: int,
+def learner_figures(ours: dict[str, Any], bare: float, bare_before_after: tuple[float, float], threads: int,
                     breakdown: dict[str, Any]) -> dict[str, Any]:
-    """The learner section: our learner's update rate against the bare update loop's, measured before and after."""
-    bare = sum(bare_before_after) / 2  # brackets the system run: drifting background load averages out
+    """The learner section: our learner's update rate against the bare update loop's (`bare`: the mean of the
+    rates measured before and after the system run)."""
     return {
         "ours_updates_per_s": ours["updates_per_s"], "bare_updates_per_s": bare,
         "ratio": ours["updates_per_s"] / bare,
